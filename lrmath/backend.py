@@ -310,7 +310,7 @@ def check_array(
             raise ShapeError(f"{name} must be {want}, got shape {shp} ({len(shp)}-D)")
     if shape is not None:
         if len(shape) != len(shp) or any(s is not None and s != g for s, g in zip(shape, shp)):
-            want = tuple("*" if s is None else s for s in shape)
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ShapeError(f"{name} must have shape {want}, got {shp}")
     dt = x.dtype
     name_dt = _dtype_name(dt)

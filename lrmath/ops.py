@@ -143,7 +143,8 @@ def dct2(x, xp=None):
     dev = _dev(x)
     # Makhoul: v = [x0, x2, x4, ..., x5, x3, x1]; X_k = Re(exp(-i pi k / 2n) FFT(v)_k)
     v = xp.concat([x[..., 0::2], xp.flip(x[..., 1::2], axis=-1)], axis=-1)
-    V = xp.fft.fft(v, axis=-1)
+    cdt = xp.complex64 if x.dtype == xp.float32 else xp.complex128
+    V = xp.fft.fft(xp.astype(v, cdt), axis=-1)
     k, scale = _dct_scale(xp, n, x.dtype, dev)
     ang = -math.pi / (2 * n) * k
     re = xp.real(V) * xp.cos(ang) - xp.imag(V) * xp.sin(ang)
@@ -162,6 +163,7 @@ def idct2(x, xp=None):
         return scipy.fft.idct(x, type=2, norm="ortho", axis=-1)
     n = x.shape[-1]
     dev = _dev(x)
+    cdt = xp.complex64 if x.dtype == xp.float32 else xp.complex128
     k, scale = _dct_scale(xp, n, x.dtype, dev)
     c = x / scale  # c_k = sum_n v... (unnormalised DCT-II coefficients)
     # c_{n-k} with c_n = 0: reverse of c[1:], then a zero in front
@@ -171,7 +173,6 @@ def idct2(x, xp=None):
     # V_k = exp(i ang) (c_k - i rev_k)
     re = cos * c + sin * rev
     im = sin * c - cos * rev
-    cdt = xp.complex64 if x.dtype == xp.float32 else xp.complex128
     V = xp.astype(re, cdt) + xp.astype(im, cdt) * xp.asarray(1j, dtype=cdt, **dev)
     v = xp.real(xp.fft.ifft(V, axis=-1))
     half = (n + 1) // 2

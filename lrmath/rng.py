@@ -91,6 +91,17 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
 
 
+def _is_torch_ns(xp) -> bool:
+    return "torch" in getattr(xp, "__name__", "")
+
+
+def _via_host(fn, xp, device, *args, **kw):
+    """torch lacks uint64 arithmetic: draw with NumPy (same bits), then move to torch."""
+    from .backend import convert
+
+    return convert(np.ascontiguousarray(fn(*args, xp=np, **kw)), "torch", device)
+
+
 def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: int = 0, xp=np, device=None):
     """uint64 bits for counters ``offset, offset+1, ...`` laid out in C order over ``shape``.
 
@@ -105,6 +116,8 @@ def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: i
     xp : namespace
         Array namespace of the result (``numpy`` by default; CuPy, torch, ... work).
     """
+    if _is_torch_ns(xp):
+        return _via_host(random_bits, xp, device, seed, stream, shape, offset=offset)
     shp = _shape(shape)
     n = int(np.prod(shp, dtype=np.int64)) if shp else 1
     key = stream_key(seed, stream)
@@ -118,6 +131,9 @@ def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: i
 
 def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Uniforms in [0, 1): ``(bits >> 11) * 2**-53`` (float64, exact on every backend)."""
+    if _is_torch_ns(xp):
+        r = _via_host(uniform, xp, device, seed, stream, shape, offset=offset)
+        return r if dtype is None else xp.astype(r, dtype)
     b = random_bits(seed, stream, shape, offset=offset, xp=xp, device=device)
     u = xp.astype(b >> 11, xp.float64) * (2.0**-53)
     return u if dtype is None else xp.astype(u, dtype)
@@ -125,6 +141,9 @@ def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None
 
 def signs(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Random ``+1/-1`` from the top bit (``+1`` when it is 0)."""
+    if _is_torch_ns(xp):
+        r = _via_host(signs, xp, device, seed, stream, shape, offset=offset)
+        return r if dtype is None else xp.astype(r, dtype)
     b = random_bits(seed, stream, shape, offset=offset, xp=xp, device=device)
     s = 1.0 - 2.0 * xp.astype(b >> 63, xp.float64)
     return xp.astype(s, dtype if dtype is not None else xp.float64)
@@ -135,6 +154,8 @@ def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np
 
     ``high`` must be in ``[1, 2**32]``; the bias is below ``high / 2**32``.
     """
+    if _is_torch_ns(xp):
+        return _via_host(integers, xp, device, seed, stream, shape, high, offset=offset)
     if isinstance(high, bool) or not isinstance(high, (int, np.integer)) or not 1 <= int(high) <= 2**32:
         raise ValueError(f"high must be an integer in [1, 2**32], got {high!r}")
     b = random_bits(seed, stream, shape, offset=offset, xp=xp, device=device)
@@ -148,6 +169,9 @@ def normal(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None,
     ``u1`` is mapped to ``(0, 1]`` so the logarithm is finite. Across backends the
     result agrees to a few ulp (libm versus CUDA ``log``/``cos``), not bit-for-bit.
     """
+    if _is_torch_ns(xp):
+        r = _via_host(normal, xp, device, seed, stream, shape, offset=offset)
+        return r if dtype is None else xp.astype(r, dtype)
     shp = _shape(shape)
     n = int(np.prod(shp, dtype=np.int64)) if shp else 1
     u = uniform(seed, stream, (n, 2), offset=2 * offset, xp=xp, device=device)

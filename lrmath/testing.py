@@ -22,6 +22,8 @@ _EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64"
 
 
 def _name(dtype: Any) -> str:
+    if isinstance(dtype, type):  # np.float64 the class
+        return np.dtype(dtype).name
     return str(dtype).rsplit(".", 1)[-1]
 
 

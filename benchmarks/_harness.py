@@ -1,0 +1,212 @@
+"""Timing and reporting shared by every benchmark suite.
+
+Timing rules (see ``../shared/decisions.md``): warm-up first, then ``repeats`` rounds in
+which every candidate runs once per round in turn (interleaved, so machine noise hits
+all candidates alike); report the median with min/max and the relative spread. On CUDA
+each sample is timed with CUDA events after a synchronize.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+__all__ = ["time_interleaved", "peak_torch_memory", "peak_host_memory", "env_info", "write_results", "format_table", "RESULTS"]
+
+
+def _sync(device: str | None):
+    if device and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _time_once(fn: Callable[[], Any], number: int, device: str | None) -> float:
+    if device and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / number
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int = 5,
+    number: int | None = None,
+    warmup: int = 1,
+    sync: str | None = None,
+    min_time: float = 0.05,
+) -> dict[str, dict[str, Any]]:
+    """Median time per call of each function, measured in interleaved rounds.
+
+    Parameters
+    ----------
+    fns : dict of name -> zero-argument callable
+    repeats : int
+        Rounds (>= 5 for claims, per decisions.md).
+    number : int, optional
+        Calls per sample; by default chosen so one sample takes ~``min_time`` s.
+    warmup : int
+        Untimed calls of each function first (compilation, caches, allocator).
+    sync : str, optional
+        ``'cuda'`` to time with CUDA events.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        _sync(sync)
+    if number is None:
+        slowest = max(_time_once(fn, 1, sync) for fn in fns.values())
+        number = max(1, int(min_time / max(slowest, 1e-9)))
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            samples[k].append(_time_once(fn, number, sync))
+    out = {}
+    for k, s in samples.items():
+        med = statistics.median(s)
+        out[k] = {
+            "median": med,
+            "min": min(s),
+            "max": max(s),
+            "spread": (max(s) - min(s)) / med if med > 0 else 0.0,
+            "samples": s,
+            "number": number,
+        }
+    return out
+
+
+def peak_torch_memory(fn: Callable[[], Any], device: str = "cpu") -> int:
+    """Peak bytes allocated while ``fn`` runs: CUDA allocator stats on GPU; on CPU, torch's
+    allocations are traced through ``tracemalloc`` of NumPy-backed storage is not possible, so
+    the profiler's memory events are summed (``torch.profiler`` with ``profile_memory``)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # replay allocation events in time order to find the peak of live bytes
+    events = []
+    for e in prof.events():
+        if e.cpu_memory_usage:
+            events.append((e.time_range.start, e.cpu_memory_usage))
+    live = peak = 0
+    for _, d in sorted(events):
+        live += d
+        peak = max(peak, live)
+    return int(peak)
+
+
+def peak_host_memory(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated through Python/NumPy while ``fn`` runs (``tracemalloc``)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return int(peak)
+
+
+def env_info(device: str = "cpu") -> dict[str, Any]:
+    """Device, driver and library versions for the JSON next to every table."""
+    info: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    for mod in ("numpy", "scipy", "torch", "peft", "cupy", "numba", "lrmath"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except Exception:  # noqa: BLE001
+                continue
+        info[mod] = getattr(m, "__version__", "?")
+    if "torch" in info:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+            try:
+                import subprocess
+
+                info["driver"] = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+                ).stdout.strip()
+            except Exception:  # noqa: BLE001
+                pass
+    return info
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Markdown table of ``rows`` (dicts), columns in first-seen order."""
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    w = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda r: "| " + " | ".join(x.ljust(n) for x, n in zip(r, w)) + " |"  # noqa: E731
+    return "\n".join([line(columns), "|" + "|".join("-" * (n + 2) for n in w) + "|", *map(line, cells)])
+
+
+def write_results(suite: str, rows: list[dict], meta: dict | None = None, device: str = "cpu", out_dir: str | Path | None = None, notes: str = "") -> tuple[Path, Path]:
+    """Print the table and write ``<suite>_<device>.md`` and ``.json`` (atomically)."""
+    out = Path(out_dir or os.environ.get("LRMATH_BENCH_OUT") or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "gpu" if str(device).startswith("cuda") else str(device)
+    meta = {**env_info(device), **(meta or {})}
+    table = format_table(rows)
+    md = f"# {suite} ({dev})\n\n" + (notes.strip() + "\n\n" if notes else "") + table + "\n\n" + "```json\n" + json.dumps(meta, indent=1, default=str) + "\n```\n"
+    print(table)
+    md_path, js_path = out / f"{suite}_{dev}.md", out / f"{suite}_{dev}.json"
+    for path, text in ((md_path, md), (js_path, json.dumps({"suite": suite, "meta": meta, "rows": rows}, indent=1, default=str))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    print(f"\nwrote {md_path} and {js_path}", file=sys.stderr)
+    return md_path, js_path

@@ -1,0 +1,2 @@
+"""Kashin quantization (arXiv 2404.09737)."""
+from .decompose import Decomposition, DecompositionReport, decompose

@@ -1,0 +1,228 @@
+"""Bit packing and the safetensors file layout of ``FORMAT.md`` (version 1).
+
+Everything here is plain NumPy so that the GPU kernels have a readable reference to match bit
+for bit: :func:`pack_codes` / :func:`unpack_codes` implement the little-endian bit stream of
+FORMAT.md, :func:`write_checkpoint` / :func:`read_entries` the header and validation rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import FormatError
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "TENSORS",
+    "pack_codes",
+    "unpack_codes",
+    "entry_checksum",
+    "write_checkpoint",
+    "read_header",
+    "validate_entry",
+    "atomic_write",
+]
+
+FORMAT = "lrmath.kashin"
+VERSION = 1
+META_KEY = "lrmath.kashin"
+TENSORS = ("codes_u", "codes_v", "scale_u", "scale_v", "table_u", "table_v")
+_DTYPES = {"codes_u": np.uint8, "codes_v": np.uint8, "scale_u": np.float16, "scale_v": np.float16,
+           "table_u": np.float32, "table_v": np.float32}
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack integer codes ``0 <= c < 2**bits`` into the little-endian bit stream of FORMAT.md.
+
+    Parameters
+    ----------
+    codes : ndarray of unsigned ints, any shape (flattened in C order)
+    bits : int, 1..8
+
+    Returns
+    -------
+    ndarray of uint8, shape (ceil(codes.size * bits / 8),)
+    """
+    c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if c.size and int(c.max()) >= (1 << bits):
+        raise ValueError(f"a code {int(c.max())} does not fit in {bits} bits")
+    if bits == 8:
+        return c.copy()
+    if 8 % bits == 0:
+        per = 8 // bits
+        pad = (-c.size) % per
+        if pad:
+            c = np.concatenate([c, np.zeros(pad, np.uint8)])
+        c = c.reshape(-1, per)
+        out = np.zeros(c.shape[0], np.uint8)
+        for j in range(per):
+            out |= c[:, j] << np.uint8(j * bits)
+        return out
+    # general widths: expand to single bits (LSB of each code first), then LSB-first bytes
+    bitarr = ((c[:, None] >> np.arange(bits, dtype=np.uint8)[None, :]) & 1).astype(np.uint8)
+    return np.packbits(bitarr.reshape(-1), bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: the first ``count`` codes as uint8, shape (count,)."""
+    p = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+    need = -(-count * bits // 8)
+    if p.size < need:
+        raise FormatError(f"packed codes hold {p.size} bytes, {need} needed for {count} codes of {bits} bits")
+    if bits == 8:
+        return p[:count].copy()
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = (np.arange(per, dtype=np.uint8) * bits)[None, :]
+        mask = np.uint8((1 << bits) - 1)
+        return ((p[: -(-count // per), None] >> shifts) & mask).reshape(-1)[:count]
+    bitarr = np.unpackbits(p[:need], bitorder="little")[: count * bits].reshape(count, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
+    return (bitarr.astype(np.uint16) @ weights).astype(np.uint8)
+
+
+def entry_checksum(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the six tensors' little-endian bytes in the order of :data:`TENSORS`."""
+    h = hashlib.sha256()
+    for t in TENSORS:
+        a = np.asarray(tensors[t])
+        h.update(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it.
+
+    A failure (or an interrupt) leaves any existing ``path`` untouched and no partial file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write quantized entries (``{name: {"meta": {...}, "tensors": {...}}}``) and plain tensors.
+
+    ``meta`` holds the entry fields of FORMAT.md except ``sha256``, which is computed here.
+    The write is atomic.
+    """
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "entries": {}}
+    for name, e in entries.items():
+        meta = dict(e["meta"])
+        meta["sha256"] = entry_checksum(e["tensors"])
+        header["entries"][name] = meta
+        for t in TENSORS:
+            key = f"{name}.kashin.{t}"
+            tensors[key] = np.ascontiguousarray(e["tensors"][t], dtype=_DTYPES[t])
+    for name, a in (plain or {}).items():
+        if name in tensors:
+            raise ValueError(f"plain tensor {name!r} collides with a quantized entry")
+        tensors[name] = np.ascontiguousarray(a)
+    meta = {META_KEY: json.dumps(header, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_header(path) -> tuple[dict, list[str]]:
+    """Parse and check the header of a quantized file; return ``(header, all tensor names)``."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            names = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise FormatError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+    size = os.path.getsize(path)
+    _check_size(path, size)
+    if META_KEY not in meta:
+        raise FormatError(f"{path}: no '{META_KEY}' header; not a Kashin-quantized file")
+    try:
+        header = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: header '{META_KEY}' is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FormatError(f"{path}: header format is {header.get('format') if isinstance(header, dict) else header!r}, expected {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise FormatError(f"{path}: format version {header.get('version')!r} is not supported (this reader knows version {VERSION})")
+    if not isinstance(header.get("entries"), dict):
+        raise FormatError(f"{path}: header has no 'entries' object")
+    return header, names
+
+
+def _check_size(path, size):
+    # safetensors validates offsets lazily; check that the data section is all there
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: truncated (no safetensors header)")
+        (n,) = struct.unpack("<Q", head)
+        try:
+            hdr = json.loads(fh.read(n))
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"{path}: corrupt safetensors header ({exc})") from exc
+    end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise FormatError(f"{path}: file is {size} bytes, header describes {8 + n + end} (truncated or padded)")
+
+
+def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray]) -> None:
+    """Check an entry's fields, tensor dtypes and sizes, table order and checksum (FORMAT.md)."""
+    where = f"{path}: entry {name!r}"
+    try:
+        out, inn = (int(s) for s in meta["shape"])
+        N = int(meta["block"])
+        bu, bv = int(meta["bits_u"]), int(meta["bits_v"])
+        basis = meta["basis"]
+        _ = meta["dtype"]
+        digest = meta["sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: missing or malformed field ({exc!r})") from exc
+    if out < 1 or inn < 1 or N < 8 or N % 8 or not (1 <= bu <= 7 and 1 <= bv <= 7):
+        raise FormatError(f"{where}: fields out of range (shape={meta['shape']}, block={N}, bits_u={bu}, bits_v={bv})")
+    if not isinstance(basis, dict) or basis.get("n") != N:
+        raise FormatError(f"{where}: basis {basis!r} does not describe an operator of size {N}")
+    nb = -(-inn // N)
+    B = out * nb
+    expect = {"codes_u": B * N * bu // 8, "codes_v": B * N * bv // 8, "scale_u": B, "scale_v": B,
+              "table_u": 1 << bu, "table_v": 1 << bv}
+    for t in TENSORS:
+        if t not in tensors:
+            raise FormatError(f"{where}: tensor {name}.kashin.{t} is missing")
+        a = tensors[t]
+        if a.dtype != _DTYPES[t]:
+            raise FormatError(f"{where}: {t} has dtype {a.dtype}, expected {np.dtype(_DTYPES[t])}")
+        if a.ndim != 1 or a.size != expect[t]:
+            raise FormatError(f"{where}: {t} has shape {a.shape}, expected ({expect[t]},) for shape {(out, inn)}, block {N}")
+    for t in ("table_u", "table_v"):
+        tab = tensors[t]
+        if not np.all(np.isfinite(tab)) or np.any(np.diff(tab) <= 0):
+            raise FormatError(f"{where}: {t} is not finite and strictly ascending")
+    if entry_checksum(tensors) != digest:
+        raise FormatError(f"{where}: SHA-256 mismatch (the file was modified or is corrupt)")

@@ -1,0 +1,150 @@
+"""Matrix-chain association model: every parenthesisation of a product chain and its cost.
+
+This is the one cost model for products in lrmath: RunLoRA uses it for every chain in a LoRA
+forward/backward graph and LoTR reuses it for its three-factor chains.
+
+A chain of ``k`` matrices ``M0 M1 ... M(k-1)`` is described by ``dims`` (length ``k + 1``):
+``Mi`` has shape ``(dims[i], dims[i+1])``.  Multiplying a ``(p, q)`` by a ``(q, r)`` matrix
+costs ``2 p q r`` FLOPs (a multiply-add counts as two FLOPs).  The number of orders is the
+Catalan number ``C(k-1)`` (1, 1, 2, 5, 14, 42, ... for k = 1, 2, 3, ...).
+
+``dims`` may hold plain ints or any objects with ``*`` and ``+`` (RunLoRA passes symbolic
+polynomials in (t, m, n, r), so each order's ``flops`` comes out as a closed form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Sequence
+
+from ..errors import ShapeError
+
+__all__ = ["ChainOrder", "matmul_flops", "orders", "best_order", "num_orders"]
+
+
+def matmul_flops(p, q, r):
+    """FLOPs of a ``(p, q) @ (q, r)`` product: ``2 p q r`` (one multiply and one add per term)."""
+    return 2 * p * q * r
+
+
+@dataclass(frozen=True)
+class ChainOrder:
+    """One parenthesisation of a matrix chain.
+
+    Attributes
+    ----------
+    tree : int or tuple
+        Nested pairs of factor indices, e.g. ``((0, 1), 2)`` for ``(M0 M1) M2``.
+    expr : str
+        The same as text, e.g. ``"((M0 M1) M2)"`` (single factors print bare: ``"M0"``).
+    flops : int (or the type of ``dims``)
+        Sum of ``2 p q r`` over the products the order computes.
+    intermediates : tuple of (rows, cols)
+        Shapes of the products formed before the last one (the temporaries), in
+        evaluation order (left subtree first).
+    steps : tuple of (p, q, r)
+        Every product ``(p, q) @ (q, r)`` in evaluation order, the last one included.
+    """
+
+    tree: Any
+    expr: str
+    flops: Any
+    intermediates: tuple = field(default=())
+    steps: tuple = field(default=())
+
+    def __repr__(self) -> str:
+        return f"ChainOrder({self.expr}, flops={self.flops})"
+
+
+def _check_dims(dims: Sequence) -> tuple:
+    dims = tuple(dims)
+    if len(dims) < 2:
+        raise ShapeError(f"a chain needs at least 2 dims (one matrix), got dims={dims!r}")
+    for d in dims:
+        if isinstance(d, bool):
+            raise ShapeError(f"chain dims must be positive sizes, got {d!r} in {dims!r}")
+        if isinstance(d, int) and d < 1:
+            raise ShapeError(f"chain dims must be positive, got {d} in {dims!r}")
+    return dims
+
+
+@lru_cache(maxsize=None)
+def _trees(i: int, j: int) -> tuple:
+    """All binary trees over factors i..j (inclusive), as nested tuples of indices."""
+    if i == j:
+        return (i,)
+    out = []
+    for k in range(i, j):
+        for left in _trees(i, k):
+            for right in _trees(k + 1, j):
+                out.append((left, right))
+    return tuple(out)
+
+
+def _span(tree) -> tuple[int, int]:
+    if isinstance(tree, int):
+        return tree, tree
+    return _span(tree[0])[0], _span(tree[1])[1]
+
+
+def _render(tree, names) -> str:
+    if isinstance(tree, int):
+        return names[tree]
+    return f"({_render(tree[0], names)} {_render(tree[1], names)})"
+
+
+def _evaluate(tree, dims, steps: list):
+    """Append the products of ``tree`` to ``steps`` (post-order); return (rows, cols)."""
+    if isinstance(tree, int):
+        return dims[tree], dims[tree + 1]
+    p, q = _evaluate(tree[0], dims, steps)
+    _, r = _evaluate(tree[1], dims, steps)
+    steps.append((p, q, r))
+    return p, r
+
+
+def num_orders(k: int) -> int:
+    """Number of parenthesisations of a chain of ``k`` matrices (Catalan number C(k-1))."""
+    return len(_trees(0, k - 1)) if k >= 1 else 0
+
+
+def orders(dims: Sequence, names: Sequence[str] | None = None) -> list[ChainOrder]:
+    """Every association order of the chain with shapes ``(dims[i], dims[i+1])``.
+
+    Parameters
+    ----------
+    dims : sequence of length k + 1
+        Sizes along the chain (ints, or symbolic sizes supporting ``*`` and ``+``).
+    names : sequence of k str, optional
+        Factor names used in ``expr`` (default ``M0, M1, ...``).
+
+    Returns
+    -------
+    list of ChainOrder
+        In a fixed order (split point of the outermost product from left to right, recursively).
+    """
+    dims = _check_dims(dims)
+    k = len(dims) - 1
+    if names is None:
+        names = [f"M{i}" for i in range(k)]
+    if len(names) != k:
+        raise ShapeError(f"{len(names)} names for a chain of {k} matrices")
+    out = []
+    for tree in _trees(0, k - 1):
+        steps: list = []
+        _evaluate(tree, dims, steps)
+        flops = 0
+        for p, q, r in steps:
+            flops = flops + matmul_flops(p, q, r)
+        inter = tuple((p, r) for p, q, r in steps[:-1])
+        out.append(ChainOrder(tree, _render(tree, names), flops, inter, tuple(steps)))
+    return out
+
+
+def best_order(dims: Sequence[int], names: Sequence[str] | None = None) -> ChainOrder:
+    """The order with the fewest FLOPs (ties: the first in :func:`orders`' order).
+
+    ``dims`` must be numeric here (the comparison needs numbers).
+    """
+    return min(orders(dims, names), key=lambda o: o.flops)
