@@ -110,6 +110,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -136,11 +139,23 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
         for t in TENSORS:
             key = f"{name}.kashin.{t}"
             tensors[key] = np.ascontiguousarray(e["tensors"][t], dtype=_DTYPES[t])
+    use_torch = False
     for name, a in (plain or {}).items():
         if name in tensors:
             raise ValueError(f"plain tensor {name!r} collides with a quantized entry")
-        tensors[name] = np.ascontiguousarray(a)
+        if isinstance(a, np.ndarray):
+            tensors[name] = np.ascontiguousarray(a)
+        else:  # a torch tensor (bfloat16 has no NumPy dtype): write the file through torch
+            use_torch = True
+            tensors[name] = a.detach().cpu().contiguous()
     meta = {META_KEY: json.dumps(header, sort_keys=True)}
+    if use_torch:
+        import torch
+        from safetensors.torch import save_file as save_pt
+
+        tt = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in tensors.items()}
+        atomic_write(path, lambda tmp: save_pt(tt, tmp, metadata=meta))
+        return
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -208,8 +223,7 @@ def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray
         raise FormatError(f"{where}: fields out of range (shape={meta['shape']}, block={N}, bits_u={bu}, bits_v={bv})")
     if not isinstance(basis, dict) or basis.get("n") != N:
         raise FormatError(f"{where}: basis {basis!r} does not describe an operator of size {N}")
-    nb = -(-inn // N)
-    B = out * nb
+    B = -(-(out * inn) // N)
     expect = {"codes_u": B * N * bu // 8, "codes_v": B * N * bv // 8, "scale_u": B, "scale_v": B,
               "table_u": 1 << bu, "table_v": 1 << bv}
     for t in TENSORS:

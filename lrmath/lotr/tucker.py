@@ -197,18 +197,18 @@ class Tucker2:
             f"vs dense {L * m * n:,}",
             f"  sweeps     : {self.n_iter} ({'converged' if self.converged else 'not converged'}: {self.stop_reason})",
             f"  rel. error : {self.error:.6g}",
-            "  sweep | rel. error   | decrease",
+            "      sweep | rel. error   | decrease",
         ]
         idx = list(range(len(self.errors)))
         if len(idx) > 12:
             idx = idx[:6] + [None] + idx[-5:]
         for i in idx:
             if i is None:
-                lines.append("    ... |              |")
+                lines.append("        ... |              |")
                 continue
             dec = "" if i == 0 else f"{self.errors[i - 1] - self.errors[i]:.3e}"
             lab = f"{i}" if i else f"0 ({self.init})"
-            lines.append(f"  {lab:>5} | {self.errors[i]:.10f} | {dec}")
+            lines.append(f"  {lab:>9} | {self.errors[i]:.10f} | {dec}")
         return "\n".join(lines)
 
 

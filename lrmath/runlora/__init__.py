@@ -1,5 +1,24 @@
-"""RunLoRA: every LoRA forward/backward graph, an exact cost model and a planner (arXiv 2312.03415)."""
+"""RunLoRA: every LoRA forward/backward graph, an exact cost model and a planner.
 
-from .chain import ChainOrder, best_order, matmul_flops, orders
+Reference: Cherniuk, Mikhalev, Oseledets, "Run LoRA Run: Faster and Lighter LoRA
+Implementations", arXiv 2312.03415.  Math layout: ``X`` (t, m), ``W`` (m, n), ``A`` (m, r),
+``B`` (r, n), ``Y = X W + s (X A) B + b``.  The torch layers (PEFT layout) live in
+:mod:`lrmath.torch.runlora`.
 
-__all__ = ["ChainOrder", "best_order", "matmul_flops", "orders"]
+>>> from lrmath.runlora import plan
+>>> p = plan(4096, 4096, 8)          # every token count; exact breakpoints
+>>> p.select(2048).name              # doctest: +SKIP
+"""
+
+from .chain import ChainOrder, best_order, matmul_flops, num_orders, orders
+from .costs import Poly
+from .execute import CountingOps, run_backward, run_forward, run_pair
+from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
+from .plan import Choice, Plan, paper_graphs, peft_pair, plan
+
+__all__ = [
+    "ChainOrder", "best_order", "matmul_flops", "num_orders", "orders",
+    "Poly", "Graph", "GraphSpace", "graph_space", "PAPER_FORWARD", "PAPER_BACKWARD", "PEFT",
+    "CountingOps", "run_forward", "run_backward", "run_pair",
+    "Plan", "Choice", "plan", "paper_graphs", "peft_pair",
+]

@@ -2,12 +2,13 @@
 
 // Centroid coding: codes[k] = index of the centroid of the ascending table nearest to x[k] / scale[k / N];
 // a value exactly halfway between two centroids takes the higher index (compare with >= at midpoints).
+// A zero scale divides by 1 instead (as lrmath.kashin.quantize's _code_against does).
 extern "C" __global__ void lr_centroid_code(const float* x, const float* scale, const float* table, int ntab,
                                             long long n, int N, unsigned char* codes) {
     for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n;
          k += (long long)blockDim.x * gridDim.x) {
         float s = scale[k / N];
-        float v = s != 0.0f ? x[k] / s : 0.0f;
+        float v = x[k] / (s != 0.0f ? s : 1.0f);
         int lo = 0, hi = ntab - 1;              // binary search: number of midpoints <= v
         while (lo < hi) {
             int mid = (lo + hi) / 2;
@@ -75,4 +76,64 @@ extern "C" __global__ void lr_kashin_matmul(const float* x, const float* xt, lon
         long long tt = t0 + threadIdx.x;
         if (tt < t) y[tt * out + r] = part[threadIdx.x][0];
     }
+}
+
+// One fused truncation iteration of lrmath.kashin.decompose (Lyubarskii-Vershynin), one CUDA block per
+// Kashin block of length N (a power of two <= 4096, Q = randomized Hadamard H D / sqrt(N)):
+//   lam = clip * ||r||_2 / sqrt(N);  a = clip(r, +-lam);  u += a
+//   w = Q^T (r - a) = D H (r - a) / sqrt(N);  b = clip(w, +-lam);  v += b
+//   r = Q (w - b) = H D (w - b) / sqrt(N);   rn2 = ||r||_2^2   (for the next lam and the stop rule)
+// r, u, v are read once and written once per iteration; both transforms run in shared memory.
+#define LR_KS_MAXN 4096
+#define LR_KS_MAXT 1024
+__device__ void lr_block_fwht(float* buf, int N) {
+    for (int h = 1; h < N; h <<= 1) {
+        for (int t = threadIdx.x; t < N / 2; t += blockDim.x) {
+            int a = (t / h) * 2 * h + (t % h);
+            float p = buf[a], q = buf[a + h];
+            buf[a] = p + q;
+            buf[a + h] = p - q;
+        }
+        __syncthreads();
+    }
+}
+extern "C" __global__ void lr_kashin_step(float* r, float* u, float* v, float* rn2, long long nblocks, int N,
+                                          unsigned long long key, float clip) {
+    __shared__ float buf[LR_KS_MAXN];
+    __shared__ float red[LR_KS_MAXT];
+    const long long b = blockIdx.x;
+    if (b >= nblocks) return;
+    const long long base = b * N;
+    const float inv = 1.0f / sqrtf((float)N);  // not rsqrtf: keep it correctly rounded like the Numba version
+    const float lam = clip * sqrtf(rn2[b]) * inv;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+        float x = r[base + i];
+        float a = fminf(fmaxf(x, -lam), lam);
+        u[base + i] += a;
+        buf[i] = x - a;
+    }
+    __syncthreads();
+    lr_block_fwht(buf, N);
+    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+        float s = lr_sign(key, (lr_u64)i);
+        float w = buf[i] * inv * s;
+        float c = fminf(fmaxf(w, -lam), lam);
+        v[base + i] += c;
+        buf[i] = (w - c) * s;
+    }
+    __syncthreads();
+    lr_block_fwht(buf, N);
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+        float y = buf[i] * inv;
+        r[base + i] = y;
+        acc += y * y;
+    }
+    red[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) rn2[b] = red[0];
 }

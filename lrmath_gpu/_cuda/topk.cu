@@ -1,11 +1,11 @@
+// Keys: keys[i] = bits(x[i]) & 0x7fffffff (the wrapper's view of |x| as uint32).
 // Top-k by magnitude (per row, or global = one row), deterministic: larger |x| first, ties broken
 // by the smaller index.  Radix select on the 31-bit key bits(|x|) (monotone for finite floats):
 // four 8-bit histogram passes find the k-th largest key T per row; then every element with key > T
 // and the first (k - #greater) elements with key == T in index order are written, chunk by chunk,
 // at offsets from an exclusive scan of per-chunk counts (no atomics on the output: deterministic).
-__device__ __forceinline__ unsigned int lr_key(float v) { return __float_as_uint(v) & 0x7fffffffu; }
 
-extern "C" __global__ void lr_radix_hist(const float* x, long long rows, long long n, const unsigned int* prefix,
+extern "C" __global__ void lr_radix_hist(const unsigned int* keys, long long rows, long long n, const unsigned int* prefix,
                                          int shift, unsigned int* hist) {
     __shared__ unsigned int h[256];
     const long long row = blockIdx.y;
@@ -13,7 +13,7 @@ extern "C" __global__ void lr_radix_hist(const float* x, long long rows, long lo
     __syncthreads();
     const unsigned int pre = prefix[row];
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x) {
-        unsigned int key = lr_key(x[row * n + i]);
+        unsigned int key = keys[row * n + i];
         bool match = (shift == 24) || ((key >> (shift + 8)) == (pre >> (shift + 8)));
         if (match) atomicAdd(&h[(key >> shift) & 255u], 1u);
     }
@@ -22,7 +22,7 @@ extern "C" __global__ void lr_radix_hist(const float* x, long long rows, long lo
         if (h[t]) atomicAdd(&hist[row * 256 + t], h[t]);
 }
 
-extern "C" __global__ void lr_select_count(const float* x, long long rows, long long n, const unsigned int* thr,
+extern "C" __global__ void lr_select_count(const unsigned int* keys, long long rows, long long n, const unsigned int* thr,
                                            int chunk, long long nchunks, long long* cnt_gt, long long* cnt_eq) {
     const long long row = blockIdx.y;
     const long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
@@ -31,7 +31,7 @@ extern "C" __global__ void lr_select_count(const float* x, long long rows, long 
     long long gt = 0, eq = 0;
     long long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
     for (long long i = c * chunk; i < end; ++i) {
-        unsigned int key = lr_key(x[row * n + i]);
+        unsigned int key = keys[row * n + i];
         gt += key > T;
         eq += key == T;
     }
@@ -39,7 +39,7 @@ extern "C" __global__ void lr_select_count(const float* x, long long rows, long 
     cnt_eq[row * nchunks + c] = eq;
 }
 
-extern "C" __global__ void lr_select_write(const float* x, long long rows, long long n, const unsigned int* thr,
+extern "C" __global__ void lr_select_write(const unsigned int* keys, long long rows, long long n, const unsigned int* thr,
                                            const long long* need, int chunk, long long nchunks, const long long* off_gt,
                                            const long long* off_eq, long long kk, long long* out) {
     const long long row = blockIdx.y;
@@ -51,7 +51,7 @@ extern "C" __global__ void lr_select_write(const float* x, long long rows, long 
     long long pos = off_gt[row * nchunks + c] + (eq < nd ? eq : nd);
     long long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
     for (long long i = c * chunk; i < end; ++i) {
-        unsigned int key = lr_key(x[row * n + i]);
+        unsigned int key = keys[row * n + i];
         if (key > T) {
             out[row * kk + pos++] = i;
         } else if (key == T) {

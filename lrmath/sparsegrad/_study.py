@@ -1,0 +1,95 @@
+"""The energy study on real gradients (used by the CLI, the tour and the notebook).
+
+For each MLP linear of the default model, gradients ``G_1 .. G_S`` come from a short
+fine-tuning run (:func:`lrmath.data.capture_linears` with AdamW steps). Bases are
+fitted on the first ``S - h`` steps and judged on the ``h`` held-out last steps:
+
+* ``top``   -- share of ``||G~||_F^2`` in the top ``density`` entries of each held-out step;
+* ``fixed`` -- share held by ONE index set chosen from the fit steps (what a trainer with a
+  fixed sparse layout gets).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .analysis import energy_at_density
+from .bases import GramAccumulator, basis, transform
+from .select import IndexSelector
+
+__all__ = ["mlp_layer_names", "capture_mlp_grads", "energy_study", "STUDY_BASES"]
+
+STUDY_BASES = ("original", "dct", "hadamard", "random", "learned (paper: plain sum)", "learned")
+
+
+def mlp_layer_names(blocks: Sequence[int] | None = None, n_blocks: int = 6) -> list[str]:
+    """``encoder.layer.{i}.intermediate.dense`` / ``.output.dense`` for the chosen blocks."""
+    blocks = range(n_blocks) if blocks is None else blocks
+    return [f"encoder.layer.{i}.{k}" for i in blocks for k in ("intermediate.dense", "output.dense")]
+
+
+def capture_mlp_grads(steps: int, *, blocks: Sequence[int] | None = None, n_pairs: int = 8, lr: float = 2e-5,
+                      max_length: int = 24, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Weight gradients ``{name: [G_1 .. G_steps]}`` of the MLP linears along a short AdamW run."""
+    from .. import data
+
+    names = mlp_layer_names(blocks)
+    cap = data.capture_linears(steps=steps, layers=names, optimizer_lr=lr, n_pairs=n_pairs, max_length=max_length, seed=seed)
+    return {n: (cap[n]["grads"] if steps > 1 else [cap[n]["grad"]]) for n in names}
+
+
+def _fixed_set(grads, U, V, density):
+    n, m = grads[0].shape
+    sel = IndexSelector((n, m), density=density, pool=None, decay=1.0)
+    for g in grads:
+        sel.update(transform(g, U, V))
+    return sel.select()
+
+
+def _share_at(Gt, idx):
+    e = np.asarray(Gt, dtype=np.float64).ravel() ** 2
+    tot = e.sum()
+    return float(e[idx].sum() / tot) if tot > 0 else 0.0
+
+
+def energy_study(grads: Mapping[str, Sequence[np.ndarray]], *, density: float = 0.01, held_out: int | None = None,
+                 bases: Sequence[str] = STUDY_BASES, seed: int = 0) -> list[dict]:
+    """One row per layer and basis: ``{"layer", "basis", "top", "fixed"}`` (see module docstring)."""
+    rows = []
+    for name, gl in grads.items():
+        gl = [np.asarray(g, dtype=np.float64) for g in gl]
+        S = len(gl)
+        h = held_out if held_out is not None else max(1, S // 4)
+        if S < 2 or not (1 <= h < S):
+            raise ValueError(f"{name}: need at least one fit and one held-out step, got {S} steps and held_out={h}")
+        fit, test = gl[: S - h], gl[S - h :]
+        n, m = gl[0].shape
+        for b in bases:
+            if b.startswith("learned"):
+                plain = "plain" in b
+                acc = GramAccumulator(n, m, normalize=not plain, decay=1.0 if plain else 0.97)
+                for g in fit:
+                    acc.update(g)
+                U, V = acc.bases(dtype=np.float64)
+            else:
+                U, V = basis(b, n, seed), basis(b, m, seed)
+            idx = _fixed_set(fit, U, V, density)
+            tops, fixed = [], []
+            for g in test:
+                Gt = transform(g, U, V)
+                tops.append(energy_at_density(Gt, density))
+                fixed.append(_share_at(Gt, idx))
+            rows.append({"layer": name, "basis": b, "top": float(np.mean(tops)), "fixed": float(np.mean(fixed))})
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and lowest layer per basis."""
+    out = []
+    for b in dict.fromkeys(r["basis"] for r in rows):
+        rs = [r for r in rows if r["basis"] == b]
+        out.append({"basis": b, "top mean": np.mean([r["top"] for r in rs]), "top min": min(r["top"] for r in rs),
+                    "fixed mean": np.mean([r["fixed"] for r in rs]), "fixed min": min(r["fixed"] for r in rs)})
+    return out

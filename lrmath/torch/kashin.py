@@ -1,0 +1,267 @@
+"""PyTorch side of Kashin quantization: ``KashinLinear``, ``quantize_model``, quantized checkpoints.
+
+``KashinLinear`` keeps the packed codes, float16 scales and float32 tables of
+:class:`lrmath.kashin.KashinQuantized` as buffers and computes ``y = x W_hat^T + b`` without ever
+building the dense ``W_hat``: the factors (or, for blocks that straddle rows, the decoded rows) are
+expanded ``chunk_rows`` output rows at a time, inside a custom autograd function that saves no
+tensor for backward (``dx = dy W_hat`` is recomputed the same way; the quantized weight is frozen).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import FormatError, ShapeError
+from ..kashin import format as fmt
+from ..kashin.quantize import KashinQuantized, load_entries, quantize
+
+__all__ = ["KashinLinear", "quantize_model", "load_quantized", "save_quantized", "DEFAULT_EXCLUDE"]
+
+DEFAULT_EXCLUDE = ("*embed*", "*head*", "*classifier*", "*pooler*")
+
+
+def _unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Torch mirror of :func:`lrmath.kashin.format.unpack_codes` (FORMAT.md bit stream) -> int64."""
+    if bits == 8:
+        return packed[:count].long()
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per, device=packed.device, dtype=torch.uint8) * bits
+        c = (packed[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+        return c.reshape(-1)[:count].long()
+    bit = (packed[:, None] >> torch.arange(8, device=packed.device, dtype=torch.uint8)[None, :]) & 1
+    bit = bit.reshape(-1)[: count * bits].reshape(count, bits).long()
+    return (bit << torch.arange(bits, device=packed.device)[None, :]).sum(-1)
+
+
+class _QuantizedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer  # no tensor is saved: backward re-decodes the codes (buffers)
+        return layer._linear(x)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return ctx.layer._rlinear(gy), None
+
+
+class KashinLinear(nn.Module):
+    """A frozen linear layer with a Kashin-quantized weight (FORMAT.md buffers).
+
+    Parameters
+    ----------
+    q : KashinQuantized
+        The quantized ``(out_features, in_features)`` weight.
+    bias : tensor of shape (out_features,), optional
+    chunk_rows : int, optional
+        Output rows decoded at a time (default: about ``2**20`` decoded entries per chunk).
+    """
+
+    def __init__(self, q: KashinQuantized, bias: torch.Tensor | None = None, *, chunk_rows: int | None = None):
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.block = q.block
+        self.bits_u, self.bits_v = q.bits_u, q.bits_v
+        self.basis = dict(q.basis)
+        self.method = q.method
+        self.orig_dtype = q.dtype
+        for t in fmt.TENSORS:
+            self.register_buffer(t, torch.from_numpy(np.ascontiguousarray(getattr(q, t)).copy()))
+        self.register_buffer("Qm", torch.from_numpy(q.Q.matrix().astype(np.float32)), persistent=False)
+        if bias is not None:
+            if tuple(bias.shape) != (self.out_features,):
+                raise ShapeError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            self.bias = nn.Parameter(bias.detach().clone().float())
+        else:
+            self.register_parameter("bias", None)
+        self.chunk_rows = int(chunk_rows) if chunk_rows else max(1, (1 << 20) // self.in_features)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 2, **kw) -> "KashinLinear":
+        """Quantize an ``nn.Linear`` (keyword arguments go to :func:`lrmath.kashin.quantize`)."""
+        chunk = kw.pop("chunk_rows", None)
+        q = quantize(linear.weight.detach().cpu().float().numpy(), bits, **kw)
+        return cls(q, linear.bias, chunk_rows=chunk)
+
+    def to_quantized(self) -> KashinQuantized:
+        return KashinQuantized(shape=(self.out_features, self.in_features), dtype=self.orig_dtype, block=self.block,
+                               bits_u=self.bits_u, bits_v=self.bits_v, basis=self.basis, method=self.method,
+                               **{t: getattr(self, t).cpu().numpy() for t in fmt.TENSORS})
+
+    @property
+    def bits_per_weight(self) -> float:
+        nbytes = sum(getattr(self, t).numel() * getattr(self, t).element_size() for t in fmt.TENSORS)
+        return 8.0 * nbytes / (self.out_features * self.in_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits_u}+{self.bits_v}, "
+                f"block={self.block}, basis={self.basis.get('kind')}, bpw={self.bits_per_weight:.3f}, bias={self.bias is not None}")
+
+    # ---------------------------------------------------------------- decoding (torch)
+    def _decode(self, which: str, b0: int, b1: int, dtype) -> torch.Tensor:
+        N = self.block
+        bits = self.bits_u if which == "u" else self.bits_v
+        per = N * bits // 8
+        packed = getattr(self, "codes_" + which)[b0 * per: b1 * per]
+        codes = _unpack(packed, bits, (b1 - b0) * N).reshape(b1 - b0, N)
+        table = getattr(self, "table_" + which)
+        scale = getattr(self, "scale_" + which)[b0:b1].float()
+        return (scale[:, None] * table[codes]).to(dtype)
+
+    def _w_rows(self, r0, r1, dtype):
+        inn, N = self.in_features, self.block
+        f0, f1 = r0 * inn, r1 * inn
+        b0, b1 = f0 // N, -(-f1 // N)
+        w = self._decode("u", b0, b1, dtype) + self._decode("v", b0, b1, dtype) @ self.Qm.to(dtype).T
+        return w.reshape(-1)[f0 - b0 * N: f1 - b0 * N].reshape(r1 - r0, inn)
+
+    def _uv_rows(self, r0, r1, dtype):
+        nb = self.in_features // self.block
+        return (self._decode("u", r0 * nb, r1 * nb, dtype).reshape(r1 - r0, -1),
+                self._decode("v", r0 * nb, r1 * nb, dtype).reshape(r1 - r0, -1))
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        x2 = x.reshape(-1, self.in_features).to(dt)
+        t, out, N = x2.shape[0], self.out_features, self.block
+        y = x2.new_empty((t, out))
+        R = self.chunk_rows
+        if self.in_features % N == 0:
+            xt = (x2.reshape(t, -1, N) @ self.Qm.to(dt)).reshape(t, -1)  # rows of Q^T x, blockwise
+            for r0 in range(0, out, R):
+                r1 = min(r0 + R, out)
+                U, V = self._uv_rows(r0, r1, dt)
+                y[:, r0:r1] = x2 @ U.T + xt @ V.T
+        else:
+            for r0 in range(0, out, R):
+                r1 = min(r0 + R, out)
+                y[:, r0:r1] = x2 @ self._w_rows(r0, r1, dt).T
+        return y.reshape(*x.shape[:-1], out).to(x.dtype)
+
+    def _rlinear(self, g: torch.Tensor) -> torch.Tensor:
+        dt = g.dtype if g.dtype in (torch.float32, torch.float64) else torch.float32
+        g2 = g.reshape(-1, self.out_features).to(dt)
+        t, inn, N = g2.shape[0], self.in_features, self.block
+        R = self.chunk_rows
+        if inn % N == 0:
+            au = g2.new_zeros((t, inn))
+            av = g2.new_zeros((t, inn))
+            for r0 in range(0, self.out_features, R):
+                r1 = min(r0 + R, self.out_features)
+                U, V = self._uv_rows(r0, r1, dt)
+                au += g2[:, r0:r1] @ U
+                av += g2[:, r0:r1] @ V
+            res = au + (av.reshape(t, -1, N) @ self.Qm.to(dt).T).reshape(t, inn)
+        else:
+            res = g2.new_zeros((t, inn))
+            for r0 in range(0, self.out_features, R):
+                r1 = min(r0 + R, self.out_features)
+                res += g2[:, r0:r1] @ self._w_rows(r0, r1, dt)
+        return res.reshape(*g.shape[:-1], inn).to(g.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        y = _QuantizedMatmul.apply(x, self)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense ``W_hat`` (for inspection only; ``forward`` never builds it)."""
+        return self._w_rows(0, self.out_features, torch.float32)
+
+
+def _match(name: str, patterns: Iterable[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
+
+
+def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | None = None,
+                   exclude: Iterable[str] | None = DEFAULT_EXCLUDE, **kw) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`KashinLinear`.
+
+    Parameters
+    ----------
+    bits : int
+        Code bits per weight (2..8), see :func:`lrmath.kashin.quantize`.
+    include, exclude : iterables of fnmatch patterns on module names
+        A layer is quantized when it matches ``include`` (all when ``None``) and no ``exclude``
+        pattern (default: embeddings and heads, :data:`DEFAULT_EXCLUDE`).
+    **kw
+        Passed to :func:`lrmath.kashin.quantize` (``block``, ``basis``, ``method``, ``iters``, ``seed``).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself; ``model.kashin_layers`` lists the names replaced.
+    """
+    targets = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and (include is None or _match(n, include)) and not _match(n, exclude)]
+    for name, lin in targets:
+        _set_module(model, name, KashinLinear.from_linear(lin, bits, **kw))
+    model.kashin_layers = [n for n, _ in targets]
+    return model
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def save_quantized(model: nn.Module, path) -> None:
+    """Write ``model`` as a quantized checkpoint: one FORMAT.md entry ``<module>.weight`` per
+    :class:`KashinLinear`, every other state-dict tensor plain (atomic write)."""
+    entries, plain = {}, {}
+    kl = {n: m for n, m in model.named_modules() if isinstance(m, KashinLinear)}
+    for n, m in kl.items():
+        q = m.to_quantized()
+        entries[f"{n}.weight"] = {"meta": q.meta(), "tensors": q.tensors()}
+    skip = {f"{n}.{t}" for n in kl for t in fmt.TENSORS}
+    for k, v in model.state_dict().items():
+        if k not in skip:
+            plain[k] = v.detach().cpu().contiguous().numpy()
+    fmt.write_checkpoint(path, entries, plain)
+
+
+def load_quantized(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
+    """Load a quantized checkpoint (from :func:`save_quantized` or ``lrmath quantize``) into ``model``.
+
+    Each entry ``<module>.weight`` replaces the ``nn.Linear`` (or ``KashinLinear``) ``<module>`` by a
+    :class:`KashinLinear`; plain tensors are loaded with ``load_state_dict``. With ``strict``, a
+    missing module, a shape mismatch or a missing/unexpected plain tensor raises.
+    """
+    from safetensors import safe_open
+
+    entries = load_entries(path)
+    modules = dict(model.named_modules())
+    for name, q in entries.items():
+        if not name.endswith(".weight"):
+            raise FormatError(f"{path}: entry {name!r} does not name a module weight")
+        mod_name = name[: -len(".weight")]
+        mod = modules.get(mod_name)
+        if not isinstance(mod, (nn.Linear, KashinLinear)):
+            if strict:
+                raise FormatError(f"{path}: entry {name!r} has no linear module {mod_name!r} in the model")
+            continue
+        shape = (mod.out_features, mod.in_features)
+        if shape != q.shape:
+            raise FormatError(f"{path}: entry {name!r} has shape {q.shape}, module {mod_name!r} is {shape}")
+        _set_module(model, mod_name, KashinLinear(q, mod.bias.detach() if mod.bias is not None else None))
+    header, keys = fmt.read_header(path)
+    plain_keys = [k for k in keys if ".kashin." not in k]
+    state = {}
+    with safe_open(os.fspath(path), framework="pt") as f:
+        for k in plain_keys:
+            state[k] = f.get_tensor(k)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    kl = {n for n, m in model.named_modules() if isinstance(m, KashinLinear)}
+    missing = [m for m in missing if m.rsplit(".", 1)[0] not in kl or m.rsplit(".", 1)[1] not in fmt.TENSORS]
+    if strict and (missing or unexpected):
+        raise FormatError(f"{path}: state does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.kashin_layers = sorted(kl)
+    return model

@@ -1,0 +1,373 @@
+"""LoTR adapters for PyTorch: shared ``A``, ``B`` and one core per layer (arXiv 2402.01376).
+
+Layout: torch's ``nn.Linear`` computes ``y = x W^T + b`` with ``W`` (out, in). LoTR adds::
+
+    y_l = x W_l^T + b_l + s x A G_l B^T        A (in, r_a), B (out, r_b) shared; G_l (r_a, r_b)
+
+so the merged weight is ``W_l + s B G_l^T A^T`` (out, in). This is the NumPy reference
+(:mod:`lrmath.lotr.adapter`) with ``m = in``, ``n = out`` and ``W_ref = W^T``.
+
+* :class:`LoTR` owns ``A``, ``B`` and the cores ``G`` (L, r_a, r_b) of a group of ``L`` layers
+  of equal shape. By default the branch runs through a custom autograd Function that executes
+  the FLOP-optimal association order of :func:`lrmath.lotr.plan` for the forward *and* the
+  four gradient chains (products of the forward reused in the backward); ``planned=False``
+  uses plain autograd on ``((x A) G) B^T`` (same values, for comparison).
+* :class:`LoTRLinear` wraps a frozen ``nn.Linear`` and one core index of a :class:`LoTR`.
+* :func:`apply_lotr` finds target linears, groups them by shape and wraps them; the LoTR
+  modules live in ``model.lotr_adapters`` (so ``A``, ``B`` appear once in ``parameters()`` and in
+  the state dict). :func:`merge_lotr` folds the updates into the weights for inference.
+
+Initialisation (decision, as the public LoTR code): cores start at zero so training starts at
+the base model, ``A`` and ``B`` are seeded random orthonormal columns (``lrmath.rng``), and
+the scale is ``1 / r``. Alternatively ``init="tucker"`` starts from the Tucker-2 (HOSVD + HOOI)
+of given updates ``Delta W_l`` (out, in), so the merged model reproduces their best
+Tucker-2 approximation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import lotr as _lotr
+from ..errors import RankError, ShapeError
+
+__all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
+
+
+def _orthonormal(seed: int, stream: int, rows: int, cols: int) -> np.ndarray:
+    from .. import rng
+
+    q, r = np.linalg.qr(rng.normal(seed, stream, (rows, cols), dtype=np.float64))
+    return q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
+
+
+class _PlannedLoTR(torch.autograd.Function):
+    """One layer's branch ``s x A G_l B^T`` with the planned forward and backward orders."""
+
+    @staticmethod
+    def forward(ctx, x2, A, Gl, B, scale, plan):
+        X, G = x2.unsqueeze(0), Gl.unsqueeze(0)
+        Y, saved = _lotr.forward(X, A, G, B, scale=scale, plan=plan, return_saved=True, validate=False)
+        keys = [("layer", k) for k in saved["layers"][0]] + [("shared", k) for k in saved["shared"]]
+        vals = [saved["layers"][0][k] for _, k in keys if _ == "layer"] + [saved["shared"][k] for _, k in keys if _ == "shared"]
+        ctx.keys, ctx.scale, ctx.plan = keys, scale, plan
+        ctx.save_for_backward(x2, A, Gl, B, *vals)
+        return Y[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, A, Gl, B, *vals = ctx.saved_tensors
+        saved = {"layers": [{}], "shared": {}}
+        for (where, k), v in zip(ctx.keys, vals):
+            (saved["layers"][0] if where == "layer" else saved["shared"])[k] = v
+        g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=ctx.scale, plan=ctx.plan,
+                           saved=saved, validate=False)
+        return g.dX[0], g.dA, g.dG[0], g.dB, None, None
+
+
+class LoTR(nn.Module):
+    """Shared factors and per-layer cores of ``L`` LoTR-adapted linears of shape (out, in).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Shape of every adapted layer (torch layout: weight (out, in)).
+    n_layers : int
+        ``L``, number of cores.
+    rank : int
+        ``r_a`` (columns of ``A``); ``rank_out`` sets ``r_b`` (default ``rank``).
+    scale : float, optional
+        ``s`` (default ``1 / r_a`` as in the public LoTR code).
+    seed : int
+        Seed of the orthonormal ``A``, ``B``.
+    planned : bool
+        Run the branch through the FLOP-planned autograd Function (default) or plain autograd.
+
+    Attributes
+    ----------
+    A : Parameter (in, r_a);  B : Parameter (out, r_b);  G : Parameter (L, r_a, r_b)
+    layer_names : list of str
+        Names of the wrapped layers (set by :func:`apply_lotr`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_layers: int, rank: int, *, rank_out: int | None = None,
+                 scale: float | None = None, seed: int = 0, planned: bool = True, dtype=None, device=None):
+        super().__init__()
+        ra = int(rank)
+        rb = ra if rank_out is None else int(rank_out)
+        _lotr.check_ranks((ra, rb), (int(n_layers), int(in_features), int(out_features)))
+        self.in_features, self.out_features, self.n_layers = int(in_features), int(out_features), int(n_layers)
+        self.scale = float(1.0 / ra if scale is None else scale)
+        self.planned = bool(planned)
+        self.seed = int(seed)
+        kw = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        self.A = nn.Parameter(torch.empty(self.in_features, ra, **kw))
+        self.B = nn.Parameter(torch.empty(self.out_features, rb, **kw))
+        self.G = nn.Parameter(torch.zeros(self.n_layers, ra, rb, **kw))
+        self.layer_names: list[str] = []
+        self.reset_parameters()
+
+    @property
+    def ranks(self) -> tuple[int, int]:
+        return int(self.A.shape[1]), int(self.B.shape[1])
+
+    def reset_parameters(self) -> None:
+        """Orthonormal ``A``, ``B`` from the seed; zero cores (the model starts at its base)."""
+        ra, rb = self.ranks
+        with torch.no_grad():
+            self.A.copy_(torch.from_numpy(_orthonormal(self.seed, 0, self.in_features, ra)))
+            self.B.copy_(torch.from_numpy(_orthonormal(self.seed, 1, self.out_features, rb)))
+            self.G.zero_()
+
+    @classmethod
+    def from_updates(cls, updates, rank: int, *, rank_out: int | None = None, scale: float | None = None,
+                     max_iter: int = 30, tol: float = 1e-7, planned: bool = True, dtype=None, device=None) -> "LoTR":
+        """A LoTR whose ``s B G_l^T A^T`` is the Tucker-2 approximation of ``updates``.
+
+        Parameters
+        ----------
+        updates : tensor or array (L, out, in)
+            Updates ``Delta W_l`` in torch layout.
+        rank, rank_out, scale, planned
+            As in :class:`LoTR`.
+        max_iter, tol
+            HOOI settings (:func:`lrmath.lotr.tucker2`).
+        """
+        from ..backend import to_numpy
+
+        U = np.asarray(to_numpy(updates.detach() if isinstance(updates, torch.Tensor) else updates), dtype=np.float64)
+        if U.ndim != 3:
+            raise ShapeError(f"updates must be (L, out, in), got shape {U.shape}")
+        L, out, inn = U.shape
+        ra = int(rank)
+        rb = ra if rank_out is None else int(rank_out)
+        dec = _lotr.tucker2(np.ascontiguousarray(U.transpose(0, 2, 1)), (ra, rb), max_iter=max_iter, tol=tol)
+        if dtype is None and isinstance(updates, torch.Tensor) and updates.is_floating_point():
+            dtype = updates.dtype
+        mod = cls(inn, out, L, ra, rank_out=rb, scale=scale, planned=planned, dtype=dtype, device=device)
+        with torch.no_grad():
+            mod.A.copy_(torch.from_numpy(dec.A))
+            mod.B.copy_(torch.from_numpy(dec.B))
+            mod.G.copy_(torch.from_numpy(dec.G / mod.scale))
+        mod.decomposition = dec
+        return mod
+
+    def delta(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """``s x A G_layer B^T`` for ``x`` (..., in) -> (..., out)."""
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"input has {x.shape[-1]} features, LoTR expects {self.in_features}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        A, B, Gl = self.A, self.B, self.G[layer]
+        if x2.dtype != A.dtype:
+            x2 = x2.to(A.dtype)
+        if self.planned and x2.shape[0] > 0:
+            ra, rb = self.ranks
+            p = _lotr.plan(int(x2.shape[0]), self.in_features, self.out_features, ra, 1, r_b=rb)
+            y = _PlannedLoTR.apply(x2, A, Gl, B, self.scale, p)
+        else:
+            y = ((x2 @ A) @ Gl) @ B.T * self.scale
+        return y.reshape(*lead, self.out_features)
+
+    def delta_weight(self, layer: int | None = None) -> torch.Tensor:
+        """``s B G_l^T A^T`` (out, in) for one layer, or (L, out, in) for all."""
+        if layer is None:
+            return self.scale * (self.B @ self.G.transpose(1, 2) @ self.A.T)
+        return self.scale * (self.B @ self.G[layer].T @ self.A.T)
+
+    def num_parameters(self) -> int:
+        """``r_a in + r_b out + L r_a r_b``."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        ra, rb = self.ranks
+        return (f"in={self.in_features}, out={self.out_features}, layers={self.n_layers}, ranks=({ra}, {rb}), "
+                f"scale={self.scale:.4g}, params={self.num_parameters():,}, planned={self.planned}")
+
+
+class LoTRLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus core ``index`` of a shared :class:`LoTR`.
+
+    The :class:`LoTR` is held by reference (not registered here) so its shared parameters are
+    registered once, in ``model.lotr_adapters``.
+    """
+
+    def __init__(self, base: nn.Linear, lotr: LoTR, index: int):
+        super().__init__()
+        if (base.out_features, base.in_features) != (lotr.out_features, lotr.in_features):
+            raise ShapeError(f"layer {base.out_features}x{base.in_features} does not match LoTR "
+                             f"{lotr.out_features}x{lotr.in_features}")
+        self.base = base
+        object.__setattr__(self, "lotr", lotr)
+        self.index = int(index)
+        self.merged = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self):
+        return self.base.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + self.lotr.delta(x, self.index).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """``W += s B G^T A^T`` in place (inference); idempotent."""
+        if not self.merged:
+            self.base.weight += self.lotr.delta_weight(self.index).to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.lotr.delta_weight(self.index).to(self.base.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"core={self.index}, merged={self.merged}"
+
+
+def _matches(name: str, targets) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int, *, rank_out: int | None = None,
+               scale: float | None = None, init: str = "zeros", updates: Mapping[str, torch.Tensor] | None = None,
+               group_by: str = "shape", seed: int = 0, freeze: bool = True, planned: bool = True,
+               max_iter: int = 30) -> nn.ModuleDict:
+    """Wrap the target linears of ``model`` in LoTR adapters, grouped by shape; in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+    target_modules : str or sequence of str
+        A regex matched against full module names (``re.fullmatch``), or names matched as
+        PEFT does (the name itself or a ``.``-separated suffix, e.g. ``"query"``).
+    rank : int
+        ``r_a`` (and ``r_b`` unless ``rank_out``).
+    scale : float, optional
+        ``s`` (default ``1 / rank``).
+    init : {'zeros', 'tucker'}
+        Zero cores (the model is unchanged until trained), or the Tucker-2 of ``updates``.
+    updates : mapping name -> tensor (out, in)
+        The per-layer updates for ``init='tucker'`` (every wrapped layer needs one).
+    group_by : {'shape', 'name'}
+        Share ``A``, ``B`` among all targets of equal shape (default), or only among targets of
+        equal shape *and* equal last name component (e.g. all ``query`` layers).
+    seed : int
+        Seed of the orthonormal ``A``, ``B`` (group ``i`` uses ``seed + i``).
+    freeze : bool
+        Freeze every other parameter of ``model`` (PEFT's convention).
+    planned : bool
+        Use the FLOP-planned autograd Function (see :class:`LoTR`).
+
+    Returns
+    -------
+    nn.ModuleDict
+        The LoTR module of each group (also registered as ``model.lotr_adapters``), keyed
+        ``"<out>x<in>"`` or ``"<name>_<out>x<in>"``; each has ``layer_names``.
+
+    Raises
+    ------
+    ValueError
+        No module matched, LoTR already applied, or a bad option.
+    RankError
+        ``rank`` exceeds a group's ``min(in, out)``.
+    """
+    if hasattr(model, "lotr_adapters"):
+        raise ValueError("model already has LoTR adapters (model.lotr_adapters); merge_lotr() first")
+    if init not in ("zeros", "tucker"):
+        raise ValueError(f"init must be 'zeros' or 'tucker', got {init!r}")
+    if group_by not in ("shape", "name"):
+        raise ValueError(f"group_by must be 'shape' or 'name', got {group_by!r}")
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, target_modules)]
+    if not found:
+        raise ValueError(f"no nn.Linear in the model matches target_modules={target_modules!r}")
+    groups: dict[str, list[tuple[str, nn.Linear]]] = {}
+    for name, mod in found:
+        key = f"{mod.out_features}x{mod.in_features}"
+        if group_by == "name":
+            key = f"{name.rsplit('.', 1)[-1]}_{key}"
+        groups.setdefault(key, []).append((name, mod))
+    rb = rank if rank_out is None else rank_out
+    for key, members in groups.items():
+        out, inn = members[0][1].out_features, members[0][1].in_features
+        if rank > inn or rb > out:
+            raise RankError(f"rank ({rank}, {rb}) exceeds the shape of group {key} (in={inn}, out={out}): "
+                            f"{[n for n, _ in members]}")
+    adapters = nn.ModuleDict()
+    for gi, (key, members) in enumerate(groups.items()):
+        base0 = members[0][1]
+        w = base0.weight
+        if init == "tucker":
+            if updates is None:
+                raise ValueError("init='tucker' needs updates={name: Delta W (out, in)}")
+            missing = [n for n, _ in members if n not in updates]
+            if missing:
+                raise ValueError(f"updates lack layers {missing}")
+            stack = torch.stack([torch.as_tensor(updates[n]).detach().to("cpu", torch.float64) for n, _ in members])
+            if tuple(stack.shape[1:]) != (base0.out_features, base0.in_features):
+                raise ShapeError(f"updates of group {key} have shape {tuple(stack.shape[1:])}, "
+                                 f"layers are {(base0.out_features, base0.in_features)}")
+            lt = LoTR.from_updates(stack, rank, rank_out=rank_out, scale=scale, max_iter=max_iter, planned=planned,
+                                   dtype=w.dtype).to(w.device)
+        else:
+            lt = LoTR(base0.in_features, base0.out_features, len(members), rank, rank_out=rank_out, scale=scale,
+                      seed=seed + gi, planned=planned, dtype=w.dtype, device=w.device)
+        lt.layer_names = [n for n, _ in members]
+        adapters[key] = lt
+        for idx, (name, mod) in enumerate(members):
+            _set_module(model, name, LoTRLinear(mod, lt, idx))
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    model.add_module("lotr_adapters", adapters)
+    for p in adapters.parameters():
+        p.requires_grad_(True)
+    return adapters
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def merge_lotr(model: nn.Module) -> nn.Module:
+    """Fold every LoTR update into its weight and restore plain ``nn.Linear`` layers; in place."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoTRLinear)]
+    for name, mod in wrapped:
+        mod.merge()
+        _set_module(model, name, mod.base)
+    if hasattr(model, "lotr_adapters"):
+        del model.lotr_adapters
+    return model
+
+
+def lotr_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    """The trainable LoTR parameters of a model prepared by :func:`apply_lotr`."""
+    if not hasattr(model, "lotr_adapters"):
+        raise ValueError("model has no LoTR adapters; call apply_lotr first")
+    return model.lotr_adapters.parameters()

@@ -1,0 +1,267 @@
+"""``RandomizedLinear``: an ``nn.Linear`` whose backward estimates ``dW`` from a sketch.
+
+Bershatsky et al., arXiv 2201.13195, eq. (5): forward computes ``Y = X W^T + b`` exactly
+and saves ``S^T X`` (k, m) instead of ``X`` (t, m); backward returns the exact
+``dX = dY W`` and the unbiased ``dW_hat = (S^T dY)^T (S^T X)`` (torch layout (out, in)),
+``db`` exact. ``S`` comes from :mod:`lrmath.randmm` and is regenerated in backward from
+``(seed, stream)``: nothing of size ``t`` is saved. For sampling sketches whose
+probabilities depend on ``X`` (``probs='x'``, ``wta``) the ``k`` sampled row indices
+(int64) are saved as well, and the importance weights are folded into ``S^T X``.
+
+Decisions (decisions.md "Randomized matmul"): ``dY`` is unknown when the layer decides
+what to save, so probabilities inside the layer are ``'x'`` (``p_i ~ ||x_i||``) or
+``'uniform'``; ``wta`` chooses ``|D|`` by the authors' rule or a fixed int here (the
+variance-minimising choice needs ``dY``). Bernoulli sampling is not offered in the layer:
+its random size does not fit a fixed memory budget.
+
+Each training forward uses a new stream (a per-layer counter), so successive steps draw
+independent sketches while a run stays reproducible from ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ShapeError
+from ..randmm.estimators import DATA_INDEPENDENT, check_k, make_sketch
+
+__all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
+
+#: Estimators usable inside the layer.
+LAYER_ESTIMATORS = ("gaussian", "rademacher", "srht", "srdct", "crs", "wta")
+
+
+def _sketch_size(t: int, ratio: float | None, k: int | None) -> int:
+    if k is not None:
+        return check_k(k, t)
+    return max(1, min(t, int(round(ratio * t))))
+
+
+class _RandomizedLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, cfg):
+        y = x2d @ weight.t()
+        if bias is not None:
+            y = y + bias
+        t = x2d.shape[0]
+        k = _sketch_size(t, cfg["ratio"], cfg["k"])
+        opts = {}
+        if cfg["kind"] in ("srht", "srdct"):
+            opts["replace"] = cfg["replace"]
+        if cfg["kind"] in ("crs", "wta"):
+            opts["probs"] = cfg["probs"]
+        if cfg["kind"] == "crs":
+            opts["replace"] = cfg["replace"]
+        if cfg["kind"] == "wta":
+            opts["deterministic"] = cfg["deterministic"]
+        with torch.no_grad():
+            sk = make_sketch(cfg["kind"], t, k, seed=cfg["seed"], stream=cfg["stream"], X=x2d.detach() if cfg["kind"] in ("crs", "wta") else None, **opts)
+            sx = sk.apply_x(x2d.detach(), check=False)
+        regen = sk.kind in DATA_INDEPENDENT or (sk.kind == "crs" and cfg["probs"] == "uniform")
+        if regen:
+            ctx.save_for_backward(weight, sx)
+        else:
+            idx = torch.as_tensor(sk.indices, device=x2d.device)
+            ctx.save_for_backward(weight, sx, idx)
+        ctx.regen = regen
+        ctx.spec = (sk.kind, t, k, cfg["seed"], cfg["stream"], opts)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved = ctx.saved_tensors
+        weight, sx = saved[0], saved[1]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ weight
+        if ctx.needs_input_grad[1]:
+            if ctx.regen:
+                kind, t, k, seed, stream, opts = ctx.spec
+                sk = make_sketch(kind, t, k, seed=seed, stream=stream, **opts)
+                sdy = sk.apply_y(dy, check=False)
+            else:
+                sdy = dy.index_select(0, saved[2])
+            dw = sdy.t() @ sx
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dw, db, None
+
+
+class RandomizedLinear(nn.Linear):
+    """Drop-in ``nn.Linear`` with a sketched weight gradient (arXiv 2201.13195).
+
+    Parameters
+    ----------
+    in_features, out_features, bias, device, dtype
+        As ``nn.Linear``.
+    ratio : float
+        Sketch size as a fraction of the rows ``t`` (all leading dims flattened):
+        ``k = max(1, round(ratio * t))``; ``0 < ratio <= 1``.
+    k : int, optional
+        Fixed sketch size instead of ``ratio`` (an error at forward if ``k > t``).
+    estimator : str
+        One of :data:`LAYER_ESTIMATORS`; default ``'crs'`` with ``probs='x'``.
+    probs : {'x', 'uniform'}
+        Probabilities of ``crs``/``wta``.
+    replace : bool
+        Sampling with replacement (``crs``, ``srht``, ``srdct``).
+    deterministic : 'authors' or int
+        ``|D|`` of ``wta``.
+    seed : int
+        Base seed; forward number ``j`` uses stream ``j``.
+
+    Notes
+    -----
+    Saved for backward per call: ``S^T X`` (k, in) in the input dtype, plus ``k`` int64
+    indices for data-dependent sampling; see :meth:`saved_bytes`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        ratio: float = 0.25,
+        k: int | None = None,
+        estimator: str = "crs",
+        probs: str = "x",
+        replace: bool = True,
+        deterministic="authors",
+        seed: int = 0,
+    ):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if estimator not in LAYER_ESTIMATORS:
+            raise ValueError(f"estimator {estimator!r} is not available in the layer; choose one of {LAYER_ESTIMATORS}")
+        if probs not in ("x", "uniform"):
+            raise ValueError(f"probs={probs!r}: inside the layer dY is unknown when X is saved, so only 'x' or 'uniform' (decisions.md)")
+        if deterministic == "optimal":
+            raise ValueError("deterministic='optimal' needs dY; inside the layer use 'authors' or an int")
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise TypeError(f"k must be an integer, got {k!r}")
+            if k < 1:
+                raise ValueError(f"sketch size k={k} must be at least 1")
+        elif not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        if estimator == "crs" and not replace and probs != "uniform":
+            raise ValueError("crs without replacement needs probs='uniform'")
+        self.ratio = float(ratio)
+        self.k = k
+        self.estimator = estimator
+        self.probs = probs
+        self.replace = bool(replace)
+        self.deterministic = deterministic
+        self.seed = int(seed)
+        self.calls = 0
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "RandomizedLinear":
+        """Wrap an existing ``nn.Linear`` (shares its weight and bias Parameters)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight = linear.weight
+        new.bias = linear.bias
+        tmp = cls(1, 1, bias=False, **kwargs)
+        for name in ("ratio", "k", "estimator", "probs", "replace", "deterministic", "seed", "calls"):
+            setattr(new, name, getattr(tmp, name))
+        return new
+
+    def sketch_size(self, t: int) -> int:
+        """``k`` used for an input with ``t`` rows."""
+        return _sketch_size(t, self.ratio, self.k)
+
+    def saved_bytes(self, t: int, dtype: torch.dtype | None = None) -> int:
+        """Predicted activation bytes saved for backward at ``t`` rows (weight excluded)."""
+        k = self.sketch_size(t)
+        el = torch.empty((), dtype=dtype or self.weight.dtype).element_size()
+        regen = self.estimator in DATA_INDEPENDENT or (self.estimator == "crs" and self.probs == "uniform")
+        return k * self.in_features * el + (0 if regen else 8 * k)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
+        if input.dim() < 1 or input.shape[-1] != self.in_features:
+            raise ShapeError(f"RandomizedLinear expects inputs (..., {self.in_features}), got {tuple(input.shape)}")
+        if not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return nn.functional.linear(input, self.weight, self.bias)
+        lead = input.shape[:-1]
+        x2d = input.reshape(-1, self.in_features)
+        if x2d.shape[0] == 0:
+            return nn.functional.linear(input, self.weight, self.bias)
+        cfg = {
+            "kind": self.estimator,
+            "ratio": self.ratio,
+            "k": self.k,
+            "probs": self.probs,
+            "replace": self.replace,
+            "deterministic": self.deterministic,
+            "seed": self.seed,
+            "stream": self.calls,
+        }
+        if self.k is not None:
+            check_k(self.k, int(x2d.shape[0]))
+        self.calls += 1
+        y = _RandomizedLinearFn.apply(x2d, self.weight, self.bias, cfg)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        size = f"k={self.k}" if self.k is not None else f"ratio={self.ratio:g}"
+        extra = f", probs={self.probs!r}" if self.estimator in ("crs", "wta") else ""
+        return f"{super().extra_repr()}, {size}, estimator={self.estimator!r}{extra}, seed={self.seed}"
+
+
+def randomize(
+    model: nn.Module,
+    ratio: float = 0.25,
+    estimator: str = "crs",
+    *,
+    include=None,
+    exclude=None,
+    seed: int = 0,
+    **options,
+) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`RandomizedLinear`.
+
+    Parameters
+    ----------
+    model : nn.Module
+    ratio : float
+        ``k / t`` of every layer.
+    estimator : str
+        One of :data:`LAYER_ESTIMATORS`; ``options`` (``probs``, ``replace``, ``k``,
+        ``deterministic``) go to the layer.
+    include, exclude : callable(name) -> bool or iterable of substrings, optional
+        Which layers to convert (qualified module names).
+    seed : int
+        Layer ``j`` (in ``named_modules`` order) gets seed ``seed + j``.
+
+    Returns
+    -------
+    The same ``model`` (weights are shared, not copied).
+    """
+
+    def _match(spec, name):
+        if spec is None:
+            return None
+        if callable(spec):
+            return bool(spec(name))
+        return any(s in name for s in ([spec] if isinstance(spec, str) else spec))
+
+    targets = []
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear or (isinstance(mod, nn.Linear) and not isinstance(mod, RandomizedLinear) and type(mod).forward is nn.Linear.forward):
+            if _match(include, name) is False or _match(exclude, name) is True:
+                continue
+            targets.append(name)
+    for j, name in enumerate(targets):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        setattr(parent, child, RandomizedLinear.from_linear(old, ratio=ratio, estimator=estimator, seed=seed + j, **options))
+    return model

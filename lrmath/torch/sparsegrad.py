@@ -1,0 +1,360 @@
+"""SparseGrad layers for PyTorch: train only a fixed set of entries of ``W~ = U^T W V``.
+
+Chekalina et al., EMNLP 2024. Decision (decisions.md): the trainable parameter of
+:class:`SparseGradLinear` is ``delta``, a *vector* of ``nnz`` values at a fixed flat
+index set of the transformed ``(n, m)`` weight, so any torch optimizer works and its
+state has exactly ``nnz`` entries. The effective weight is
+
+    W = W_0 + U S(delta) V^T,            S(delta)[r_k, c_k] = delta_k            (paper eq. 1-2)
+
+with ``W_0`` the frozen original weight. Only the touched basis columns
+``U_I = U[:, I]`` and ``V_J = V[:, J]`` (``I``, ``J`` = distinct rows / cols of the index
+set) are stored and multiplied, so a basis whose selected energy sits in its leading
+vectors (the learned one) costs ``2 t (n |I| + m |J|)`` extra flops per product.
+
+Forward   ``Y = X W_0^T + b + ((X V_J) S^T) U_I^T``  (at ``delta = 0`` the output equals
+          the original layer's exactly: the extra term is an exact zero).
+Backward  ``d delta_k = sum_t (dY U_I)[t, r_k] (X V_J)[t, c_k]`` -- the sampled product
+          of :mod:`lrmath.sparsegrad.sddmm`, never a dense ``(n, m)`` gradient;
+          ``dX = dY W_0 + ((dY U_I) S) V_J^T``. Saved for backward: ``X V_J (t, |J|)``
+          (not ``X``), plus references to the frozen ``W_0`` and the basis columns.
+
+:meth:`SparseGradLinear.refresh` moves to a new index set (and optionally a new basis):
+dropped entries are folded into ``W_0``; kept entries keep their value and optimizer
+state; new entries start at zero value and zero state. With ``layer.probing = True``
+the backward also streams the step's top entries of the full ``G~`` (computed in row
+blocks, never the whole matrix) into ``layer.selector`` for the next refresh.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ShapeError
+from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
+from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
+from ..sparsegrad.select import IndexSelector, check_indices
+
+__all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE"]
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+#: Module-name patterns (fnmatch) of the MLP linears of a BERT-style model (the default
+#: model); ``DEFAULT_EXCLUDE`` keeps the attention output projection (``attention.output.dense``) out.
+DEFAULT_PATTERNS = ("*intermediate.dense", "*output.dense")
+DEFAULT_EXCLUDE = ("*attention*",)
+
+
+def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.0):
+    r, c = idx // m, idx % m
+    I, ri = np.unique(r, return_inverse=True)
+    J, ci = np.unique(c, return_inverse=True)
+    block = I.size * J.size
+    # Dense |I| x |J| block route when it is small and well filled (same rule as sddmm.route_cost)
+    dense = block <= dense_cap * max(idx.size, 1) and block <= GEMM_SPEEDUP * idx.size
+    return I, J, ri.astype(np.int64), ci.astype(np.int64), dense
+
+
+class _SparseGradFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, UI, VJ, ri, ci, crow, col, dense, layer):
+        y = torch.nn.functional.linear(x, weight, bias)
+        Z = x @ VJ  # (t, |J|)
+        nI, nJ = UI.shape[1], VJ.shape[1]
+        if dense:
+            S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
+            S[ri, ci] = delta
+            P = Z @ S.t()
+        else:
+            S = torch.sparse_csr_tensor(crow, col, delta, (nI, nJ), check_invariants=False)
+            P = (S @ Z.t()).t()
+        y = y + P @ UI.t()
+        ctx.dense = dense
+        ctx.layer = layer
+        ctx.has_bias = bias is not None
+        probing = layer is not None and layer.probing
+        ctx.probing = probing
+        ctx.save_for_backward(Z, weight, delta, UI, VJ, ri, ci, crow, col, x if probing else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        Z, weight, delta, UI, VJ, ri, ci, crow, col, x = ctx.saved_tensors
+        nI, nJ = UI.shape[1], VJ.shape[1]
+        A = dy @ UI  # (t, |I|)
+        g_delta = g_x = g_b = None
+        if ctx.needs_input_grad[3]:
+            if ctx.dense:
+                g_delta = (A.t() @ Z)[ri, ci]
+            else:
+                t = A.shape[0]
+                chunk = max(1, (1 << 22) // max(t, 1))
+                parts = [(A[:, ri[s:s + chunk]] * Z[:, ci[s:s + chunk]]).sum(0) for s in range(0, ri.numel(), chunk)]
+                g_delta = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if ctx.needs_input_grad[0]:
+            if ctx.dense:
+                S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
+                S[ri, ci] = delta
+                AS = A @ S
+            else:
+                S = torch.sparse_csr_tensor(crow, col, delta, (nI, nJ), check_invariants=False)
+                AS = (S.t() @ A.t()).t()
+            g_x = dy @ weight + AS @ VJ.t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            g_b = dy.sum(0)
+        if ctx.probing and x is not None:
+            ctx.layer._probe(dy.detach(), x.detach())
+        return g_x, None, g_b, g_delta, None, None, None, None, None, None, None, None
+
+
+class SparseGradLinear(nn.Module):
+    """A linear layer trained through ``nnz`` entries of its weight in the basis ``(U, V)``.
+
+    Parameters
+    ----------
+    weight : Tensor (n, m)
+        The original weight (torch layout; copied into the frozen buffer ``weight``).
+    bias : Tensor (n,) or None
+    U, V : basis objects (:mod:`lrmath.sparsegrad.bases` / :mod:`lrmath.ops`) or kind names
+    indices : int array (nnz,)
+        Sorted flat indices into ``(n, m)`` of the trainable entries of ``W~``.
+    train_bias : bool
+        Keep the bias trainable (default False: only ``delta`` trains).
+
+    Attributes
+    ----------
+    delta : nn.Parameter (nnz,)
+        The trainable values (change of ``W~`` at ``indices``); starts at zero.
+    probing : bool
+        When True, each backward feeds the step's top entries of ``G~`` to ``selector``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, U, V, indices, *, train_bias: bool = False,
+                 selector: IndexSelector | None = None):
+        super().__init__()
+        if weight.dim() != 2:
+            raise ShapeError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        if not weight.dtype.is_floating_point:
+            from ..errors import DTypeError
+
+            raise DTypeError(f"weight must be floating point, got {weight.dtype}")
+        n, m = weight.shape
+        if bias is not None and tuple(bias.shape) != (n,):
+            raise ShapeError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+        if not torch.isfinite(weight).all():
+            from ..errors import NonFiniteError
+
+            raise NonFiniteError("weight holds NaN/Inf")
+        self.n, self.m = int(n), int(m)
+        self.register_buffer("weight", weight.detach().clone())
+        if bias is None:
+            self.bias = None
+        elif train_bias:
+            self.bias = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_buffer("bias", bias.detach().clone())
+        self.U, self.V = _basis(U, self.n), _basis(V, self.m)
+        idx = check_indices(indices, (self.n, self.m))
+        self.delta = nn.Parameter(torch.zeros(idx.size, dtype=weight.dtype, device=weight.device))
+        self.selector = selector
+        self.probing = False
+        self._set_structure(idx)
+
+    # -- index structure -------------------------------------------------------------
+    def _set_structure(self, idx: np.ndarray) -> None:
+        dev, dt = self.weight.device, self.weight.dtype
+        I, J, ri, ci, dense = _structure(idx, self.m)
+        self.indices = idx
+        self._dense = bool(dense)
+        self.register_buffer("UI", columns(self.U, I, ref=self.weight[:1, :1]).to(dev), persistent=False)
+        self.register_buffer("VJ", columns(self.V, J, ref=self.weight[:1, :1]).to(dev), persistent=False)
+        self.UI = self.UI.to(dt).contiguous()
+        self.VJ = self.VJ.to(dt).contiguous()
+        self.register_buffer("ri", torch.from_numpy(ri).to(dev), persistent=False)
+        self.register_buffer("ci", torch.from_numpy(ci).to(dev), persistent=False)
+        crow = np.zeros(I.size + 1, dtype=np.int64)
+        np.add.at(crow, ri + 1, 1)
+        self.register_buffer("crow", torch.from_numpy(np.cumsum(crow)).to(dev), persistent=False)
+        self.register_buffer("col", torch.from_numpy(ci).to(dev), persistent=False)
+        self.rows_touched, self.cols_touched = int(I.size), int(J.size)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, U, V, indices, **kw) -> "SparseGradLinear":
+        """Wrap an ``nn.Linear`` (its weight and bias are copied)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias, U, V, indices, **kw)
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.m:
+            raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.m} (shape {tuple(x.shape)})")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.m)
+        y = _SparseGradFn.apply(x2, self.weight, self.bias, self.delta, self.UI, self.VJ, self.ri, self.ci,
+                                self.crow, self.col, self._dense, self)
+        return y.reshape(*lead, self.n)
+
+    # -- statistics and refresh ----------------------------------------------------------
+    def _probe(self, dy: torch.Tensor, x: torch.Tensor) -> None:
+        if self.selector is None:
+            self.selector = IndexSelector((self.n, self.m), k=self.nnz)
+        A = self.U.apply_t(dy, axis=1)  # dY U, full transform (t, n)
+        B = self.V.apply_t(x, axis=1)   # X V (t, m)
+        idx, val = topk_product(A, B, min(self.selector.capacity, self.n * self.m))
+        self.selector.update(indices=idx, values=val)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The effective dense weight ``W_0 + U S(delta) V^T`` (n, m), for export/inspection."""
+        with torch.no_grad():
+            S = torch.zeros(self.rows_touched, self.cols_touched, dtype=self.delta.dtype, device=self.delta.device)
+            S[self.ri, self.ci] = self.delta
+            return self.weight + (self.UI @ S) @ self.VJ.t()
+
+    @torch.no_grad()
+    def refresh(self, indices=None, *, optimizer: torch.optim.Optimizer | None = None, U=None, V=None) -> dict:
+        """Move to a new index set (default: ``selector.select()``) and optionally a new basis.
+
+        Entries that leave the set are folded into ``W_0`` (so the function computed by the
+        layer does not change); kept entries keep ``delta`` and their optimizer state; new
+        entries start at zero. With a new basis, all of ``delta`` is folded and all state
+        restarts at zero (moments in another basis mean nothing).
+
+        Returns ``{"kept", "added", "dropped"}`` counts.
+        """
+        if indices is None:
+            if self.selector is None:
+                raise ValueError("refresh() needs indices or a selector with statistics (set probing=True first)")
+            indices = self.selector.select()
+        new = check_indices(indices, (self.n, self.m))
+        old = self.indices
+        new_basis = U is not None or V is not None
+        if new_basis:
+            keep_old = np.zeros(0, dtype=np.int64)
+        else:
+            keep_old = np.intersect1d(old, new, assume_unique=True)
+        drop_mask = ~np.isin(old, keep_old, assume_unique=True)
+        if drop_mask.any():
+            S = torch.zeros(self.rows_touched, self.cols_touched, dtype=self.delta.dtype, device=self.delta.device)
+            dm = torch.from_numpy(drop_mask).to(self.delta.device)
+            S[self.ri[dm], self.ci[dm]] = self.delta[dm]
+            self.weight.addmm_(self.UI @ S, self.VJ.t())
+        _, pos_old, pos_new = np.intersect1d(old, new, assume_unique=True, return_indices=True)
+        if new_basis:
+            pos_old = pos_new = np.zeros(0, dtype=np.int64)
+        po = torch.from_numpy(pos_old).to(self.delta.device)
+        pn = torch.from_numpy(pos_new).to(self.delta.device)
+
+        def remap(t: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(new.size, dtype=t.dtype, device=t.device)
+            out[pn] = t[po]
+            return out
+
+        if optimizer is not None:
+            st = optimizer.state.get(self.delta, {})
+            for key, val in list(st.items()):
+                if torch.is_tensor(val) and val.dim() == 1 and val.numel() == old.size:
+                    st[key] = remap(val)
+        self.delta.data = remap(self.delta.data)
+        if self.delta.grad is not None:
+            self.delta.grad = None
+        if new_basis:
+            self.U = _basis(U, self.n) if U is not None else self.U
+            self.V = _basis(V, self.m) if V is not None else self.V
+        self._set_structure(new)
+        return {"kept": int(pos_old.size), "added": int(new.size - pos_old.size), "dropped": int(old.size - pos_old.size)}
+
+    def extra_repr(self) -> str:
+        return (f"out={self.n}, in={self.m}, nnz={self.nnz} ({self.nnz / (self.n * self.m):.2%}), "
+                f"basis=({getattr(self.U, 'kind', '?')}, {getattr(self.V, 'kind', '?')}), "
+                f"touched rows={self.rows_touched}, cols={self.cols_touched}, route={'dense-block' if self._dense else 'csr'}")
+
+
+def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
+def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learned", *,
+                   patterns: Sequence[str] = DEFAULT_PATTERNS, exclude: Sequence[str] = DEFAULT_EXCLUDE, warmup: Callable[[nn.Module], torch.Tensor] | None = None,
+                   steps: int = 8, grads: Mapping[str, Iterable[torch.Tensor]] | None = None,
+                   normalize: bool = True, decay: float = 0.97, seed: int = 0) -> dict[str, SparseGradLinear]:
+    """Replace the MLP linears of ``model`` by :class:`SparseGradLinear` layers (in place).
+
+    The basis (``'learned'``, ``'dct'``, ``'hadamard'``, ``'random'``, ``'original'``) and the
+    fixed index set (top ``density`` share of the accumulated transformed-gradient energy)
+    come from warm-up gradients of the linears whose names match ``patterns`` and none of
+    ``exclude`` (fnmatch; default: ``intermediate.dense`` and ``output.dense`` outside
+    attention): either ``warmup(model) -> loss`` called ``steps`` times
+    (dense gradients, no optimizer step), or precomputed ``grads[name]`` lists, e.g. from
+    :func:`lrmath.data.capture_linears`. Every other parameter of the model is frozen.
+
+    Returns ``{module name: SparseGradLinear}``.
+    """
+    k_density = float(density)
+    names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and _match(n, patterns, exclude)]
+    if not names:
+        raise ValueError(f"no nn.Linear of the model matches {list(patterns)}")
+    if grads is None:
+        if warmup is None:
+            raise ValueError("sparsegrad_mlp needs warm-up gradients: pass warmup=callable or grads={name: [G, ...]}")
+        mods = dict(model.named_modules())
+        collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        req = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for n in names:
+            mods[n].weight.requires_grad_(True)
+        try:
+            for _ in range(int(steps)):
+                for n in names:
+                    mods[n].weight.grad = None
+                loss = warmup(model)
+                loss.backward()
+                for n in names:
+                    collected[n].append(mods[n].weight.grad.detach().to(torch.float64).cpu().numpy())
+                    mods[n].weight.grad = None
+        finally:
+            for p, r in req.items():
+                p.requires_grad_(r)
+        grads = collected
+    missing = [n for n in names if n not in grads]
+    if missing:
+        raise KeyError(f"no warm-up gradients for {missing}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out: dict[str, SparseGradLinear] = {}
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lin = getattr(parent, attr)
+        n, m = lin.weight.shape
+        gl = [np.asarray(g.detach().cpu().numpy() if torch.is_tensor(g) else g, dtype=np.float64) for g in grads[name]]
+        if not gl:
+            raise ValueError(f"empty gradient list for {name}")
+        if basis == "learned":
+            acc = GramAccumulator(n, m, normalize=normalize, decay=decay)
+            for g in gl:
+                acc.update(g)
+            U, V = acc.bases(dtype=np.float64)
+        else:
+            U, V = _basis(basis, n, seed), _basis(basis, m, seed)
+        sel = IndexSelector((n, m), density=k_density, pool=None, decay=decay)
+        for g in gl:
+            sel.update(U.apply_t(V.apply_t(g, axis=1), axis=0))
+        idx = sel.select()
+        layer = SparseGradLinear.from_linear(lin, U, V, idx)
+        layer.selector = IndexSelector((n, m), k=idx.size, decay=decay)
+        setattr(parent, attr, layer)
+        out[name] = layer
+    return out
