@@ -20,7 +20,6 @@ times the Numba kernels instead of the CuPy ones.
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 

@@ -18,6 +18,7 @@ function                          returns
 :func:`encode`                    (n, 384) L2-normalised sentence embeddings (NumPy)
 :func:`text_pairs`                72 built-in ``(sentence_a, sentence_b, label)`` pairs
 :func:`task_batch`                tokenized pairs + labels for the task
+:func:`classification_data`       the task's 72 sentences with topic labels (6 classes)
 :func:`loss`                      cosine-similarity MSE loss of a model on a batch
 :func:`capture_linears`           X, dY and weight gradient of every linear layer
 ================================  ==========================================================
@@ -84,6 +85,7 @@ __all__ = [
     "encode",
     "text_pairs",
     "task_batch",
+    "classification_data",
     "loss",
     "capture_linears",
     "Capture",
@@ -186,7 +188,10 @@ def _read_safetensors(file: Path) -> dict[str, tuple[np.ndarray, str]]:
         raise FormatError(f"{file}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     data_len = size - 8 - n
-    buf = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_len,)) if data_len else np.empty(0, np.uint8)
+    if data_len:
+        buf = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_len,))
+    else:  # np.memmap refuses an empty map
+        buf = np.empty(0, np.uint8)
     out: dict[str, tuple[np.ndarray, str]] = {}
     for name, info in header.items():
         try:
@@ -508,10 +513,11 @@ def encode(
     batch_size = check_positive_int(batch_size, "batch_size")
     items = _sentences(sentences)
     if model is None:
+        key = str(model_dir())  # follows $LRMATH_MODEL_DIR
         with _LOCK:
-            if "default" not in _ENCODER:
-                _ENCODER["default"] = load_model(requires_grad=False)
-        model = _ENCODER["default"]
+            if key not in _ENCODER:
+                _ENCODER[key] = load_model(requires_grad=False)
+        model = _ENCODER[key]
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
@@ -678,6 +684,40 @@ def task_batch(n_pairs: int = 16, seed: int = 0, max_length: int = 32, *, step: 
         "input_ids_b": ids[n_pairs:],
         "attention_mask_b": mask[n_pairs:],
         "labels": torch.tensor([lab for _, _, lab in chosen], dtype=torch.float32),
+    }
+
+
+def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
+    """The task's 72 sentences labelled by topic, for a small classification head.
+
+    Parameters
+    ----------
+    seed : int
+        Order of the sentences (a :mod:`lrmath.rng` permutation, stream 1).
+    max_length : int
+        Truncation length in tokens.
+
+    Returns
+    -------
+    dict
+        ``input_ids``, ``attention_mask``: LongTensor (72, s); ``labels``: LongTensor (72,)
+        with values 0..5; ``classes``: the topic names in label order; ``sentences``: the
+        72 strings in row order.
+    """
+    from . import rng
+
+    torch = _torch()
+    classes = list(_TOPICS)
+    items = [(s, c) for c, name in enumerate(classes) for s in _TOPICS[name]]
+    order = np.argsort(rng.random_bits(int(seed), 1, len(items)), kind="stable")
+    items = [items[i] for i in order]
+    ids, mask = tokenize([s for s, _ in items], max_length)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.tensor([c for _, c in items], dtype=torch.int64),
+        "classes": classes,
+        "sentences": [s for s, _ in items],
     }
 
 
@@ -848,7 +888,8 @@ def capture_linears(
         ``{name: {"X": (t, in), "dY": (t, out), "grad": (out, in)}}``, float32 NumPy, from
         the last step; with ``steps > 1`` also ``"grads"``: list of ``steps`` arrays
         (out, in), the weight gradient at each step (before its update). ``.losses``
-        lists the loss at each step.
+        lists the loss at each step. The model is left with no ``.grad`` and with its
+        ``requires_grad`` flags as they were.
 
     Raises
     ------
@@ -859,7 +900,9 @@ def capture_linears(
 
     torch = _torch()
     steps = check_positive_int(steps, "steps")
-    if optimizer_lr is not None and not (isinstance(optimizer_lr, (int, float)) and optimizer_lr > 0 and math.isfinite(optimizer_lr)):
+    if optimizer_lr is not None and not (
+        isinstance(optimizer_lr, (int, float)) and optimizer_lr > 0 and math.isfinite(optimizer_lr)
+    ):
         raise ValueError(f"optimizer_lr must be a positive finite number or None, got {optimizer_lr!r}")
     if model is None:
         model = load_model()
@@ -936,7 +979,8 @@ def capture_linears(
                         result[n]["Xs"].append(X)
                         result[n]["dYs"].append(dY)
             result.tokens.append(int(keep.sum()) if not include_padding else int(keep.numel()))
-            result.row_pair, result.row_side = _row_owners(calls, batch["labels"].shape[0], None if include_padding else keep)
+            owners = _row_owners(calls, batch["labels"].shape[0], None if include_padding else keep)
+            result.row_pair, result.row_side = owners
             if optimizer is not None:
                 optimizer.step()
     finally:
@@ -944,7 +988,7 @@ def capture_linears(
             h.remove()
         for w in temporarily:
             w.requires_grad_(False)
-            w.grad = None
+        model.zero_grad(set_to_none=True)  # the gradients are returned; free the model's copies
         for r in records.values():
             r["X"].clear()
             r["dY"].clear()

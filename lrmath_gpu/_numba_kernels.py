@@ -21,6 +21,7 @@ if not hasattr(np, "row_stack"):  # NumPy >= 2.5 removed it; numba-cuda 0.30 cal
 
 FWHT_SHARED = 4096
 SKETCH_TILE = 16
+SKETCH_PAD = SKETCH_TILE + 1  # a module constant: shared-array shapes must be compile-time literals
 LOTR_MAXG = 4096
 KT = 8  # tokens per block in kashin_matmul
 KMAXT = 256
@@ -283,8 +284,8 @@ def select_write(keys, rows, n, thr, need, chunk, nchunks, off_gt, off_eq, kk, o
 # ------------------------------------------------------------------ in-kernel sketch
 @cuda.jit
 def sketch(X, n, c, sx0, sx1, Y, s, key, kind, scale):
-    Ssh = cuda.shared.array((SKETCH_TILE, SKETCH_TILE + 1), float32)
-    Xsh = cuda.shared.array((SKETCH_TILE, SKETCH_TILE + 1), float32)
+    Ssh = cuda.shared.array((SKETCH_TILE, SKETCH_PAD), float32)
+    Xsh = cuda.shared.array((SKETCH_TILE, SKETCH_PAD), float32)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     col = cuda.blockIdx.x * SKETCH_TILE + tx
@@ -520,3 +521,33 @@ def get(name: str):
 
     kern = globals()[KERNELS[name].numba_name]
     return _Quiet(kern)
+
+
+def signatures() -> dict:
+    """Launch signatures (NumPy-scalar argument types as the wrappers pass them) of every kernel,
+    for ahead-of-time checks such as ``numba.cuda.compile_ptx`` without a GPU."""
+    from numba import types as T
+
+    f32, f64, u8, u32, u64, i64 = (T.float32[::1], T.float64[::1], T.uint8[::1], T.uint32[::1], T.uint64[::1],
+                                   T.int64[::1])
+    I, L, U, F = T.int32, T.int64, T.uint64, T.float32
+    return {
+        "rng_fill": (U, L, L, I, U, f64, u64, i64),
+        "fwht_shared": (f32, f32, L, I, I, I, U, I, I, F),
+        "fwht_global_stage": (f32, L, I, I, I),
+        "pack_bits": (u8, u8, L, L, I),
+        "unpack_bits": (u8, u8, L, I),
+        "sddmm": (f32, f32, i64, i64, f32, L, I, I, I, I, I),
+        "radix_hist": (u32, L, L, u32, I, u32),
+        "select_count": (u32, L, L, u32, I, L, i64, i64),
+        "select_write": (u32, L, L, u32, i64, I, L, i64, i64, L, i64),
+        "sketch": (f32, L, L, L, L, f32, L, U, I, F),
+        "gather_cols": (f32, L, L, L, i64, f32, L, f32),
+        "gather_rows": (f32, L, L, L, i64, f32, L, f32),
+        "sample_cdf": (f64, L, L, U, L, i64),
+        "lotr_core": (f32, f32, f32, L, L, I, I, L),
+        "centroid_code": (f32, f32, f32, I, L, I, u8),
+        "decode_codes": (u8, f32, f32, I, L, I, f32),
+        "kashin_matmul": (f32, f32, L, L, u8, u8, f32, f32, f32, f32, I, I, I, L, f32),
+        "kashin_step": (f32, f32, f32, f32, L, I, U, F),
+    }

@@ -22,7 +22,7 @@ from lrmath.errors import ShapeError
 from lrmath.randmm.estimators import STREAM_INDEX, STREAM_SKETCH, Sketch, _operator, check_k
 
 from . import kernels as K
-from ._device import grid_for, launch, resolve, threads, to_caller, to_work, work_xp
+from ._device import grid_for, launch, resolve, threads, to_work, work_xp
 
 __all__ = ["make_sketch", "apply_x", "apply_y", "estimate"]
 

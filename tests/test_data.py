@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -174,6 +173,27 @@ def test_safetensors_variants(tmp_path):
 
 
 # --------------------------------------------------------------------- the model
+def test_from_pretrained_folder(tmp_path, model):
+    """A re-exported checkpoint without the position_ids buffer loads; a wrong config is refused."""
+    from safetensors.torch import save_file
+
+    from lrmath.torch.model import MiniLM
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "embeddings.position_ids"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    cfg = data.config()
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    again = MiniLM.from_pretrained(tmp_path, dtype=torch.float64)
+    ids, mask = data.tokenize(SENTENCES[:2])
+    with torch.no_grad():
+        np.testing.assert_allclose(again.embed(ids, mask).numpy(), model.embed(ids, mask).numpy(), atol=1e-6)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 1024}))
+    with pytest.raises(FormatError, match="intermediate.dense.weight"):
+        MiniLM.from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="floating"):
+        MiniLM.from_pretrained(dtype=torch.int32)
+
+
 def test_state_dict_keys_are_the_checkpoints(model):
     assert set(model.state_dict()) == set(data.load_weights(dtype=None))
     q = model.get_submodule("encoder.layer.0.attention.self.query")
@@ -286,6 +306,24 @@ def test_text_pairs():
         assert (topic[a] == topic[b]) == (lab == 1.0) and a != b
     assert set(data.text_pairs(seed=5)) == set(pairs) and data.text_pairs(seed=5) != pairs
     assert data.text_pairs(seed=5) == data.text_pairs(seed=5)
+
+
+def test_classification_data(model):
+    d = data.classification_data(max_length=24)
+    assert d["input_ids"].shape[0] == 72 and d["labels"].tolist().count(3) == 12
+    topic = {s: t for t, ss in data._TOPICS.items() for s in ss}
+    assert [d["classes"][c] for c in d["labels"].tolist()] == [topic[s] for s in d["sentences"]]
+    ids, _ = data.tokenize(d["sentences"][:2], 24)
+    assert torch.equal(d["input_ids"][:2, : ids.shape[1]], ids)
+    # the topics are separable in the pretrained embedding: nearest class mean, leave-one-out
+    e = data.encode(d["sentences"])
+    y = d["labels"].numpy()
+    hits = 0
+    for i in range(72):
+        rest = np.arange(72) != i
+        means = np.stack([e[rest & (y == c)].mean(0) for c in range(6)])
+        hits += int(np.argmax(means @ e[i]) == y[i])
+    assert hits >= 60, hits
 
 
 def test_task_batch_and_loss(model):

@@ -18,7 +18,7 @@ from lrmath import rng
 from lrmath.errors import ShapeError
 from lrmath.testing import assert_close, tolerance
 
-from .test_gpu_kernels import BACKENDS, hadamard_matrix, need, pack_naive, topk_naive
+from .test_gpu_kernels import BACKENDS, hadamard_matrix, need, topk_naive
 
 
 @pytest.fixture(params=BACKENDS)
@@ -291,6 +291,21 @@ def test_lotr_forward(be):
                  rtol=tolerance(np.float32, m, depth=3))
     with pytest.raises(ShapeError, match="do not chain"):
         gl.forward(X, A[:5], G, B)
+    # backward against the gradients written out by hand (per layer, then shared input)
+    dY = R.standard_normal((L, t, n)).astype(np.float32)
+    s = 0.5
+    g = gl.backward(dY, X, A, G, B, W=W, scale=s)
+    P = np.einsum("ltn,nb->ltb", f(dY), f(B))
+    Z = np.einsum("ltm,ma->lta", f(X), f(A))
+    tol = dict(n=t * n, depth=3, rtol=tolerance(np.float32, t * n, depth=3))
+    assert_close(g.dX.astype(np.float64), s * np.einsum("ltb,lab,ma->ltm", P, f(G), f(A)) + np.einsum("ltn,lmn->ltm", f(dY), f(W)), **tol)
+    assert_close(g.dA.astype(np.float64), s * np.einsum("ltm,ltb,lab->ma", f(X), P, f(G)), **tol)
+    assert_close(g.dB.astype(np.float64), s * np.einsum("ltn,lta,lab->nb", f(dY), Z, f(G)), **tol)
+    assert_close(g.dG.astype(np.float64), s * np.einsum("lta,ltb->lab", Z, P), **tol)
+    gs_ = gl.backward(dY, X[0], A, G, B, scale=s)
+    P0 = np.einsum("ltb,lab,ma->tm", P, f(G), f(A))
+    assert_close(gs_.dX.astype(np.float64), s * P0, **tol)
+    assert_close(gs_.dA.astype(np.float64), s * np.einsum("tm,ltb,lab->ma", f(X[0]), P, f(G)), **tol)
 
 
 # ----------------------------------------------------------------------------- RunLoRA (cuBLAS via CuPy)

@@ -107,7 +107,7 @@ def test_apply_lotr_small_model_groups_init_merge():
     assert_close(model(x).detach(), y0, n=12)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     expected = sum(lotr.lotr_params(l.in_features, l.out_features, 2, l.n_layers) for l in ad.values())
-    assert trainable == expected == 2 * 16 + 36 * 6 // 9 * 0 + 6 * 4 + (2 * 8 + 2 * 12 + 3 * 4) * 2
+    assert trainable == expected == (2 * 8 + 2 * 8 + 6 * 2 * 2) + 2 * (2 * 8 + 2 * 12 + 3 * 2 * 2)
     # random cores: output equals the naive merged weights W + s B G^T A^T
     with torch.no_grad():
         for lt in ad.values():

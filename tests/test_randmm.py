@@ -390,3 +390,67 @@ def test_errors():
         R.variance(X, Y, 9, "crs")
     assert math.isfinite(R.variance(X, Y, 8, "crs", probs="uniform", replace=False))
     assert R.variance(X, Y, 8, "crs", probs="uniform", replace=False) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("t", [4, 8, 32, 128])
+def test_kronecker_hadamard_fast_path_equals_ops_operator(t):
+    """The SRHT fast path (two Sylvester factors as matmuls) equals lrmath.ops' Hadamard."""
+    from lrmath.ops import orthogonal
+
+    X, Y = _data(t, seed=19)
+    sk = R.make_sketch("srht", t, max(1, t // 4), seed=3)
+    D = sk._signs()
+    Z = orthogonal("hadamard", t, seed=0).apply(X * D[:, None], axis=0)
+    rows = sk._transform_rows()
+    assert_close(sk.apply_x(X), np.sqrt(t / sk.k) * Z[rows], n=t)
+
+
+# ----------------------------------------------------------------------------- properties
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+
+from tests.strategies import dims, seeds  # noqa: E402
+
+
+@given(t=dims(1, 40), m=dims(1, 6), n=dims(1, 5), frac=hst.floats(0.01, 1.0), seed=seeds(),
+       kind=hst.sampled_from(["gaussian", "rademacher", "srht", "srdct", "crs", "wta"]), dtype=hst.sampled_from(["float32", "float64"]))
+def test_estimate_matches_naive_definition(t, m, n, frac, seed, kind, dtype):
+    """C_hat from the library equals the estimator's definition evaluated naively here,
+    from the documented random streams (stream*64+11 entries/signs, +12 indices)."""
+    from lrmath import rng
+    from lrmath.ops import orthogonal
+    from lrmath.testing import tolerance
+
+    g = np.random.default_rng(seed % 1000)
+    X = (g.standard_normal((t, m)) * np.exp(g.standard_normal((t, 1)))).astype(dtype)
+    Y = g.standard_normal((t, n)).astype(dtype)
+    k = max(1, min(t, int(round(frac * t))))
+    opts = {"probs": "x"} if kind in ("crs", "wta") else {}
+    if kind == "wta":
+        opts["deterministic"] = "authors"
+    got = R.estimate(X, Y, k, kind, seed=seed, stream=2, **opts)
+    Xd, Yd = X.astype(np.float64), Y.astype(np.float64)
+    s_e, s_i = 2 * 64 + 11, 2 * 64 + 12
+    if kind in ("gaussian", "rademacher"):
+        S = (rng.normal(seed, s_e, (t, k)) if kind == "gaussian" else rng.signs(seed, s_e, (t, k))) / np.sqrt(k)
+        ref = (S.T @ Xd).T @ (S.T @ Yd)
+    elif kind in ("srht", "srdct"):
+        H = orthogonal("hadamard" if kind == "srht" else "dct", t, seed=0).matrix()
+        D = rng.signs(seed, s_e, t)
+        P = rng.integers(seed, s_i, k, t)
+        L = np.sqrt(t / k) * (H * D[None, :])[P]
+        ref = (L @ Xd).T @ (L @ Yd)
+    else:
+        w = np.linalg.norm(Xd, axis=1)
+        p = w / w.sum()
+        sk = R.make_sketch(kind, t, k, seed=seed, stream=2, X=X, **opts)
+        d = sk.n_deterministic
+        order = np.argsort(-p, kind="stable")
+        assert set(sk.indices[:d]) == set(order[:d])
+        PD = p[order[:d]].sum()
+        ref = Xd[sk.indices[:d]].T @ Yd[sk.indices[:d]]
+        for i in sk.indices[d:]:
+            ref = ref + (1 - PD) / (k - d) * np.outer(Xd[i], Yd[i]) / p[i]
+    rtol = tolerance(dtype, t, depth=3)
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got.astype(np.float64), ref, rtol=rtol, atol=rtol * (np.abs(Xd).sum(0)[:, None] * np.abs(Yd).sum(0)[None, :]).max() * max(1.0, t / k))

@@ -188,3 +188,38 @@ def test_randomize_model_memory_and_outputs():
     m2 = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     randomize(m2, include=["1"])
     assert isinstance(m2[1], RandomizedLinear) and type(m2[0]) is torch.nn.Linear
+
+
+def test_pair_ids_follow_capture_row_order():
+    from lrmath.randmm._cli import pair_ids
+
+    same = {"attention_mask_a": torch.tensor([[1, 1, 0], [1, 0, 0]]), "attention_mask_b": torch.tensor([[1, 0, 0], [1, 1, 1]])}
+    assert pair_ids(same).tolist() == [0, 0, 1, 0, 1, 1, 1]
+    diff = {"attention_mask_a": torch.tensor([[1, 1], [1, 0]]), "attention_mask_b": torch.tensor([[1, 0, 0], [1, 1, 1]])}
+    assert pair_ids(diff).tolist() == [0, 0, 1, 0, 1, 1, 1]
+
+
+def test_cli_on_the_default_model(capsys):
+    pytest.importorskip("tokenizers")
+    from lrmath import cli
+
+    try:
+        from lrmath import data
+
+        data.model_dir()
+    except Exception as exc:  # noqa: BLE001 - the demo extra is optional
+        pytest.skip(f"default model unavailable: {exc}")
+    rc = cli.main(["--json", "randmm", "--pairs", "2", "--ratio", "0.5", "--layer", "encoder.layer.1.attention.self.query", "--per-layer"])
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, None)
+    rows = out["rows"]
+    t = rows[0]["t"]
+    k = rows[0]["k"]
+    assert k == round(0.5 * t) and all(r["vs_sgd"] > 0 for r in rows)
+    by = {r["estimator"]: r for r in rows}
+    assert by["gaussian"]["saved_bytes"] == (t - k) * 384 * 4
+    assert by["crs(probs=x)"]["saved_bytes"] == (t - k) * 384 * 4 - 8 * k
+    # the optimal standalone probabilities never lose to the layer's ||x|| proxy
+    assert by["crs(probs=xy)"]["var_sketch"] <= by["crs(probs=x)"]["var_sketch"]

@@ -126,7 +126,7 @@ def hqq_quantize(W, bits: int = 2, group: int = 64, *, optimize: bool = True) ->
     out, inn = A.shape
     if (out * inn) % group:  # hqq groups the row-major flattened matrix, like rtn_quantize
         raise ValueError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
-    t = torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32))
+    t = torch.from_numpy(np.array(A, dtype=np.float32, copy=True))
     Wq, meta = Quantizer.quantize(t, nbits=bits, group_size=group, optimize=optimize, axis=1, bitpack=False,
                                   compute_dtype=torch.float32, device="cpu")
     Wd = Quantizer.dequantize(Wq, meta).reshape(out, inn).float().numpy()

@@ -269,7 +269,10 @@ def _envelope(cands, value, t_max=None):
 def peft_pair(space: GraphSpace) -> tuple[Graph, Graph]:
     """The forward/backward graphs PEFT's LoraLayer runs under autograd (see graphs.PEFT)."""
     f = space.find("forward", **PEFT["forward"])
-    bs = space.find("backward", **PEFT["backward"])
+    want = dict(PEFT["backward"])
+    if not space.x_grad:
+        want["dX"] = {}
+    bs = space.find("backward", **want)
     bs = [b for b in bs if b.saved <= f[0].computes]
     # autograd keeps every activation a backward reads (X A, and X_d under dropout):
     # the variant that saves the most

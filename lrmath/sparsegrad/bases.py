@@ -161,10 +161,14 @@ def basis(kind, n: int, seed: int = 0):
     return ops.orthogonal(_OPS_KIND[kind], n, seed)
 
 
-def _sym_eig_desc(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sym_eig_desc(A: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of a symmetric PSD matrix, eigenvalues descending, deterministic signs
-    (the largest-magnitude entry of each eigenvector is positive)."""
-    w, Q = np.linalg.eigh(A)
+    (the largest-magnitude entry of each eigenvector is positive). Solved in ``dtype``
+    (float32 halves the time of the O(n^3) solve; the basis is stored in it anyway)."""
+    scale = float(np.max(np.abs(A))) or 1.0
+    w, Q = np.linalg.eigh((A / scale).astype(dtype))
+    w = w.astype(np.float64) * scale
+    Q = Q.astype(np.float64)
     order = np.argsort(-w, kind="stable")
     w, Q = w[order], Q[:, order]
     piv = np.argmax(np.abs(Q), axis=0)
@@ -247,8 +251,9 @@ class GramAccumulator:
         """``(U, V)``: eigenvectors of ``A`` and ``B`` by decreasing eigenvalue (HOSVD factors)."""
         if self.steps == 0:
             raise EmptyInputError("no gradients accumulated yet: call update() first")
-        wa, U = _sym_eig_desc(self.A)
-        wb, V = _sym_eig_desc(self.B)
+        solve = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+        wa, U = _sym_eig_desc(self.A, solve)
+        wb, V = _sym_eig_desc(self.B, solve)
         return (LearnedBasis(U.astype(dtype), wa, check=False), LearnedBasis(V.astype(dtype), wb, check=False))
 
     def reset(self) -> None:

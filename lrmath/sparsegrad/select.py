@@ -191,6 +191,7 @@ class IndexSelector:
         self.score = np.zeros(0, dtype=np.float64)
         self.steps = 0
         self.indices: np.ndarray | None = None
+        self._dense: np.ndarray | None = None
 
     @property
     def capacity(self) -> int:
@@ -203,8 +204,11 @@ class IndexSelector:
         if Gt is not None:
             check_array(Gt, "Gt", shape=self.shape)
             a = np.asarray(to_numpy(Gt), dtype=np.float64).ravel()
-            idx = _topk_flat_numpy(np.abs(a), self.capacity)
-            val = a[idx]
+            if self.pool is None:
+                idx = val = None
+            else:
+                idx = _topk_flat_numpy(np.abs(a), self.capacity)
+                val = a[idx]
         else:
             if indices is None or values is None:
                 raise ValueError("update needs Gt or both indices and values")
@@ -216,6 +220,16 @@ class IndexSelector:
                 from ..errors import NonFiniteError
 
                 raise NonFiniteError("values hold NaN/Inf")
+        if self.pool is None:  # exact dense statistics: one score per entry
+            if self._dense is None:
+                self._dense = np.zeros(self.shape[0] * self.shape[1])
+            self._dense *= self.decay
+            if Gt is None:
+                np.add.at(self._dense, idx, val * val)
+            else:
+                self._dense += a * a
+            self.steps += 1
+            return self
         allidx = np.union1d(self.cand, idx)
         score = np.zeros(allidx.size)
         score[np.searchsorted(allidx, self.cand)] = self.decay * self.score
@@ -228,8 +242,11 @@ class IndexSelector:
     def select(self) -> np.ndarray:
         """The current best ``k`` indices (sorted); also stored as ``self.indices``. If fewer
         than ``k`` entries were ever seen, the set is filled with the lowest unseen indices."""
-        pos = topk_of_values(self.cand, self.score, self.k)
-        idx = self.cand[pos]
+        if self._dense is not None:
+            idx = _topk_flat_numpy(self._dense, self.k)  # zero scores fill by lowest index
+        else:
+            pos = topk_of_values(self.cand, self.score, self.k)
+            idx = self.cand[pos]
         if idx.size < self.k:
             extra = np.setdiff1d(np.arange(self.k + idx.size, dtype=np.int64), idx)[: self.k - idx.size]
             idx = np.sort(np.concatenate([idx, extra]))

@@ -24,6 +24,17 @@ kept so the state dict loads strictly, but the sentence embedding does not use i
 
 Dropout modules are present (probabilities from the config) and act only in ``train()``
 mode; :meth:`MiniLM.from_pretrained` returns the model in ``eval()`` mode.
+
+Example
+-------
+>>> from lrmath import data
+>>> model = data.load_model()                      # MiniLM, float32, eval mode
+>>> ids, mask = data.tokenize(["A man is eating food.", "A man is eating a piece of bread."])
+>>> e = model.embed(ids, mask).detach()            # (2, 384), unit rows
+>>> round(float(e[0] @ e[1]), 3)
+0.755
+>>> import peft                                    # doctest: +SKIP
+>>> lora = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["query", "value"]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -368,9 +379,15 @@ class MiniLM(nn.Module):
             t = torch.from_numpy(arr.copy())  # copy: the arrays are read-only views of the file
             state[name] = t.to(dtype) if t.is_floating_point() else t
         expected = model.state_dict()
+        # newer exports drop this constant buffer; rebuild it rather than refuse them
+        state.setdefault("embeddings.position_ids", torch.arange(model.config["max_position_embeddings"]).unsqueeze(0))
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
-        wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        wrong = [
+            (k, tuple(state[k].shape), tuple(v.shape))
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing or unexpected or wrong:
             raise FormatError(
                 f"checkpoint in {folder} does not match the BERT layout of its config.json: "

@@ -43,9 +43,7 @@ def _sketch_size(t: int, ratio: float | None, k: int | None) -> int:
 class _RandomizedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, cfg):
-        y = x2d @ weight.t()
-        if bias is not None:
-            y = y + bias
+        y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
         t = x2d.shape[0]
         k = _sketch_size(t, cfg["ratio"], cfg["k"])
         opts = {}
