@@ -115,15 +115,23 @@ def run(args) -> dict:
     if not args.no_speed:
         n = args.speed_size or (2048 if args.quick else 4096)
         W = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+        import os
+
+        load0 = os.getloadavg()[0]
         res = time_interleaved({"quantize": lambda: quantize(W, 2)}, repeats=args.repeats, number=1, warmup=0)
         r = res["quantize"]
+        c0 = time.process_time()
         q = quantize(W, 2)
+        cpu = time.process_time() - c0  # CPU seconds of all threads: less sensitive to a shared machine
         speed = {"shape": f"{n}x{n}", "bits": 2, "split_iterations": 6, "sweeps": 10, "basis": "hadamard N=256",
                  "median_s": round(r["median"], 3), "min_s": round(r["min"], 3), "max_s": round(r["max"], 3),
-                 "rel_error": round(q.relative_error(W), 4), "bpw": round(q.bits_per_weight, 4)}
+                 "rel_error": round(q.relative_error(W), 4), "bpw": round(q.bits_per_weight, 4),
+                 "cpu_s_all_threads": round(cpu, 3), "load_average_before": round(load0, 1),
+                 "load_average_after": round(os.getloadavg()[0], 1)}
         rows.append({"source": f"speed {n}x{n} fp32", "matrices": 1, "bits": 2, "method": "Kashin (default), 6 split it. + 10 sweeps",
                      "bpw": speed["bpw"], "rel. error mean": speed["rel_error"], "rel. error max": speed["rel_error"],
-                     "output error mean": "", "seconds (median)": speed["median_s"]})
+                     "output error mean": "", "seconds (median)": speed["median_s"],
+                     "CPU s (all threads)": speed["cpu_s_all_threads"]})
     import os
 
     notes = ("Relative errors (lower is better); bpw = total bits per weight including fp16 scales/zeros and tables. "

@@ -4,9 +4,9 @@ For each shape (in m x out n: 768x3072, and 4096x11008 with --full) and density 
 
 * ``dense``: ``nn.Linear`` with a trainable weight, AdamW over the weight;
 * ``sparse/<basis>``: :class:`lrmath.torch.SparseGradLinear` with AdamW over its
-  ``delta`` vector, for the learned basis (index set = top-k of the accumulated
-  transformed gradients of a synthetic low-rank gradient stream, which, as on real
-  gradients, concentrates in the leading basis vectors) and for DCT / Hadamard / random
+  ``delta`` vector, for the learned basis (an index set with the structure measured on
+  real MiniLM gradients: inside the leading ~10.5% rows x ~31% columns of the basis, see
+  ``ROW_FRAC``) and for DCT / Hadamard / random
   (index sets that scatter over all rows and columns, as facts.md measures on real
   gradients: those bases do not sparsify them).
 
@@ -50,28 +50,48 @@ def _state_bytes(params, opt):
     return b
 
 
-def _learned_index_set(n, m, k, seed=0, steps=4, rank=24):
-    """Learned basis + index set from a synthetic gradient stream with a decaying spectrum
-    drifting slowly in a shared subspace (facts.md: real MLP gradients hold 90% energy in
-    4-25 singular directions)."""
-    import lrmath.sparsegrad as sg
+class _LeadingColumns:
+    """Stand-in for a learned basis in *timing* runs: orthonormal leading columns ``Q_r (n, r)``
+    (QR of a seeded Gaussian). The layer only ever stores and multiplies the touched columns
+    ``U[:, I]``, so step time depends on ``|I|``, ``|J|`` and nnz, not on the values; this
+    avoids an ``eigh`` of an 11008 x 11008 Gram matrix just to time a step."""
 
+    kind = "learned"
+
+    def __init__(self, n, r, seed):
+        self.n = n
+        self.Qr = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, r)))[0].astype(np.float32)
+
+    @property
+    def flops(self):
+        return 2 * self.n * self.n
+
+    def apply(self, x, axis=0):
+        r = self.Qr.shape[1]
+        if axis != 0 or np.any(x[r:] != 0):
+            raise ValueError("_LeadingColumns only yields its leading columns")
+        return self.Qr @ x[:r]
+
+    def apply_t(self, x, axis=0):
+        raise NotImplementedError("timing stand-in: no full transform")
+
+
+# Fixed 1% index sets on real MiniLM gradients (learned basis, 5 fit steps, 1536x384 MLP
+# layers) touch ~10.5% of the rows and ~31% of the columns, all among the leading basis
+# vectors, and fill ~30% of that block (measured with lrmath.sparsegrad._study; see the
+# report). The benchmark keeps those proportions at every shape.
+ROW_FRAC, COL_FRAC = 0.105, 0.31
+
+
+def _learned_index_set(n, m, k, seed=0):
+    ni = max(1, int(round(ROW_FRAC * n)))
+    nj = max(1, int(round(COL_FRAC * m)))
+    while ni * nj < k:
+        ni, nj = min(n, ni + 1), min(m, nj + 1)
     r = np.random.default_rng(seed)
-    P = np.linalg.qr(r.standard_normal((n, 2 * rank)))[0]
-    Q = np.linalg.qr(r.standard_normal((m, 2 * rank)))[0]
-    spec = 1.0 / (1.0 + np.arange(2 * rank)) ** 1.5
-    acc = sg.GramAccumulator(n, m)
-    grads = []
-    for _ in range(steps):
-        core = np.diag(spec) @ r.standard_normal((2 * rank, 2 * rank))
-        g = (P @ core @ Q.T).astype(np.float32) + 1e-4 * r.standard_normal((n, m)).astype(np.float32)
-        acc.update(g)
-        grads.append(g)
-    U, V = acc.bases(dtype=np.float32)
-    sel = sg.IndexSelector((n, m), k=k, pool=None)
-    for g in grads:
-        sel.update(sg.transform(g, U, V))
-    return U, V, sel.select()
+    local = np.sort(r.choice(ni * nj, k, replace=False))
+    idx = np.sort((local // nj) * m + (local % nj))
+    return _LeadingColumns(n, ni, seed), _LeadingColumns(m, nj, seed + 1), idx
 
 
 def _step_flops(layer, t, n, m, fast=False):

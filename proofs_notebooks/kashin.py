@@ -162,8 +162,9 @@ assert stats["u (truncation)"] < stats["x"]  # the split flattens the distributi
 # %% [markdown]
 # The weights are slightly heavy-tailed (kurtosis above 3). A low-level truncation split (level
 # $0.25\cdot$RMS, the quantizer's default) clips most of $u$ to two peaks $\pm\lambda$ (kurtosis
-# near 1.5, between two spikes and a uniform law), so a sign code loses little there; the printed
-# kurtoses show how the greedy split's factors compare.
+# near 1.5, between two spikes and a uniform law), so a sign code loses little there. The greedy
+# split's factors stay much closer to Gaussian (kurtosis ~2.4–2.9 here), which is one reason the
+# paper's variant codes worse at one bit per factor.
 #
 # ## 4. Error versus bits on real weights
 # Bits per weight are counted from the bytes of the tensors in the saved file (codes, fp16 scales,
@@ -217,11 +218,12 @@ plt.show()
 # %% [markdown]
 # Measured: at 2 bits the default recipe (truncation split, error feedback, least-squares scales,
 # alternating sweeps) has about 0.30 relative error at 2.125 bpw, against ~0.55–0.6 for RTN at the
-# same bpw and ~0.46 for RTN with groups of 64 (2.5 bpw). At 4 bits and above, splitting the bits
-# over two factors with one per-tensor centroid table is *worse* than per-group RTN at similar bpw
-# (the table above): the frame's redundancy (2N coefficients for N weights) costs more than the
-# outlier spreading gains once each factor has several bits. The paper's claim of competitive
-# low-bit quality holds at 2–3 bits here; we do not see an advantage at 4 bits.
+# same bpw and ~0.46 for RTN with groups of 64 (2.5 bpw); at 3 bits it still leads. At 4 bits it is
+# about level with RTN at matched bpw (groups of 256) and behind RTN with groups of 64 (4.5 bpw),
+# and with more bits (``LRMATH_SCALE=full`` goes to 6) per-group RTN pulls ahead: splitting the bits
+# over two factors with one per-tensor centroid table each wastes rate once every factor has several
+# bits (the frame has 2N coefficients for N weights). The paper's claim of competitive low-bit
+# quality holds at 2–3 bits here; we see no advantage from 4 bits on.
 #
 # ## 5. Effect on the model's embeddings
 

@@ -166,6 +166,15 @@ for name in names:
     for kind, o in ests:
         vals = [R.variance(s, None, max(1, round(r * s.t)), kind, **o) / s.C2 for r in ratios]
         print(f"{kind + str(o if o else ''):<24}" + "".join(f"{v:>12.3g}" for v in vals))
+    # winner-take-all CRS: |D| by the exact formula (default) versus the authors' rule
+    pr = R.optimal_probabilities(Xr, dYr)
+    for r in ratios:
+        kk = max(2, round(r * s.t))
+        vs = R.wta_variances(pr, kk, s)
+        d_o, d_a = int(np.argmin(vs)), R.wta_deterministic_size(pr, kk, rule="authors")
+        print(f"  wta k={kk}: optimal |D|={d_o} (Var/||dW||^2 {vs[d_o] / s.C2:.3g}), "
+              f"authors' rule |D|={d_a} ({vs[d_a] / s.C2:.3g}), |D|=0 i.e. CRS ({vs[0] / s.C2:.3g})")
+        assert vs[d_o] <= min(vs[d_a], vs[0])
 
 # %% [markdown]
 # ## 3. Against SGD noise

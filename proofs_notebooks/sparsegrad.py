@@ -63,12 +63,12 @@ print({k: v[0].shape for k, v in grads.items()}, "steps:", steps)
 # same leading subspace (with decay = 1 the two are the same matrix factorisation).
 
 # %%
-name = names[0]
+name = min(names, key=lambda k: grads[k][0].shape[0])  # the 384-row layer keeps the SVD oracle cheap
 acc = sg.GramAccumulator(*fit[name][0].shape, normalize=True, decay=1.0)
 for g in fit[name]:
     acc.update(g)
 U, V = acc.bases(dtype=np.float64)
-stack = np.concatenate([g.astype(np.float64) / np.linalg.norm(g) for g in fit[name]], axis=1)
+stack = np.concatenate([g.astype(np.float64) / np.linalg.norm(g.astype(np.float64)) for g in fit[name]], axis=1)
 u_svd, s_svd, _ = np.linalg.svd(stack, full_matrices=False)
 r = 4
 overlap = np.linalg.svd(u_svd[:, :r].T @ U.matrix()[:, :r], compute_uv=False)
@@ -97,16 +97,16 @@ for nm in names:
     a = sg.GramAccumulator(n, m)  # default: normalised steps, decay 0.97 (facts.md)
     for g in fit[nm]:
         a.update(g)
-    Ul, Vl = a.bases(dtype=np.float64)
+    Ul, Vl = a.bases(dtype=np.float32)
     mats = {
         "original": (np.eye(n), np.eye(m)),
         "DCT": (sg.basis("dct", n).matrix(), sg.basis("dct", m).matrix()),
-        "learned": (Ul.matrix(), Vl.matrix()),
+        "learned": (Ul.matrix(), Vl.matrix()),  # float32 basis, used in float64 here
     }
     row = {"layer": nm.replace("encoder.layer.", "L")}
     for b, (Um, Vm) in mats.items():
         Gt = Um.T @ G @ Vm
-        assert abs(np.linalg.norm(Gt) / np.linalg.norm(G) - 1) < 1e-10
+        assert abs(np.linalg.norm(Gt) / np.linalg.norm(G) - 1) < (1e-10 if b != "learned" else 1e-5)
         row[b] = top_share(Gt)
         # the library's analysis function agrees with this direct computation
         assert abs(sg.energy_at_density(Gt, 0.01) - row[b]) < 1e-12
@@ -129,7 +129,7 @@ for i, b in enumerate(("original", "DCT", "learned")):
 ax[0].set_xticks(x, [r_["layer"] for r_ in rows], rotation=20, fontsize=7)
 ax[0].set_ylabel("energy in top 1% of entries")
 ax[0].legend()
-G = held[names[0]].astype(np.float64)
+G = held[name].astype(np.float64)
 n, m = G.shape
 for b, (Um, Vm) in {"original": (np.eye(n), np.eye(m)), "DCT": (sg.basis("dct", n).matrix(), sg.basis("dct", m).matrix()),
                     "learned": (U.matrix(), V.matrix())}.items():
@@ -138,7 +138,7 @@ for b, (Um, Vm) in {"original": (np.eye(n), np.eye(m)), "DCT": (sg.basis("dct", 
 ax[1].axvline(0.01, color="k", lw=0.5)
 ax[1].set_xlabel("fraction of entries kept")
 ax[1].set_ylabel("energy share")
-ax[1].set_title(names[0])
+ax[1].set_title(name)
 ax[1].legend()
 plt.tight_layout()
 plt.show()
@@ -232,8 +232,8 @@ class LoRA(torch.nn.Module):
 rank = 2
 nnz_target = rank * (H + H)
 density = nnz_target / (H * H)
-steps_ft = 150 if CI else 400
-lrs = (3e-3, 1e-2, 3e-2) if CI else (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+steps_ft = 120 if CI else 400
+lrs = (1e-2, 3e-2, 1e-1) if CI else (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 Xtr, ytr = X_t[:ntr], y_all[:ntr]
 Xva, yva = X_t[ntr:ntr + nva], y_all[ntr:ntr + nva]
 Xte, yte = X_t[ntr + nva:], y_all[ntr + nva:]

@@ -83,6 +83,20 @@ def test_decompose_exact_and_kashin_bound(method, family, real_weights):
             assert K.max() <= 3.0, (family, seed, K.max())
 
 
+@pytest.mark.parametrize("method", ["truncation", "greedy"])
+def test_decompose_on_every_backend(xp, method):
+    """Written once against the array API: same factors on every backend as the NumPy run."""
+    from lrmath.backend import to_numpy
+
+    x = np.random.default_rng(4).standard_normal((6, 64))
+    ref = decompose(x, "rdct", method=method, seed=2)
+    got = decompose(xp.asarray(x), "rdct", method=method, seed=2)
+    assert type(got.u) is type(xp.asarray(x))
+    assert got.report.iterations == ref.report.iterations
+    assert_close(to_numpy(got.u), ref.u, n=64, depth=ref.report.iterations + 2)
+    assert_close(to_numpy(got.v), ref.v, n=64, depth=ref.report.iterations + 2)
+
+
 def test_decompose_residual_history_and_report():
     x = np.random.default_rng(0).standard_normal((10, 128))
     d = decompose(x, "rdct", iters=50, tol=1e-10)

@@ -17,6 +17,18 @@ from lrmath.testing import assert_close  # noqa: E402
 from lrmath.torch.lotr import LoTR, LoTRLinear, _PlannedLoTR, apply_lotr, merge_lotr  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """One BLAS thread per test process: under ``-n 2`` on 2 cores, multi-threaded OpenBLAS
+    oversubscribes the cores and its spinning threads slow the SVDs here by 10-20x."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
+
+
 def _lotr64(inn, out, L, ra, rb, seed):
     torch.manual_seed(seed)
     lt = LoTR(inn, out, L, ra, rank_out=rb, scale=0.7, dtype=torch.float64, seed=seed)

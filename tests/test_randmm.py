@@ -331,9 +331,7 @@ def test_backends_agree(xp, kind):
     from lrmath.backend import convert, to_numpy
 
     X, Y = _data(16, seed=17)
-    name = xp.__name__.split(".")[-1] if hasattr(xp, "__name__") else ""
-    kindname = {"numpy": "numpy", "torch": "torch", "array_api_strict": "array_api_strict", "cupy": "cupy"}
-    target = next((v for k, v in kindname.items() if k in xp.__name__), "numpy")
+    target = next(k for k in ("array_api_strict", "torch", "cupy", "numpy") if k in xp.__name__)
     Xb, Yb = convert(X, target), convert(Y, target)
     opts = {"probs": "x"} if kind in ("crs", "wta") else {}
     if kind == "wta":
@@ -341,7 +339,6 @@ def test_backends_agree(xp, kind):
     ref = R.estimate(X, Y, 6, kind, seed=4, **opts)
     got = R.estimate(Xb, Yb, 6, kind, seed=4, **opts)
     assert_close(to_numpy(got), ref, n=16, depth=3)
-    del name
 
 
 def test_float32_and_bfloat16_inputs():

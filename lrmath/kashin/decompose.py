@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..backend import array_namespace, as_compute, check_array, restore
+from ..backend import as_compute, check_array, restore
 from ..errors import ShapeError
 
 __all__ = ["decompose", "Decomposition", "DecompositionReport", "as_operator"]

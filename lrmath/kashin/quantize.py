@@ -33,7 +33,6 @@ quantizer refuses the matrix (``ValueError``) instead of storing ``inf``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -198,8 +197,8 @@ def _encode_blocks(x, op, bu, bv, method, iters):
     if method == "default":
         dec = decompose(x, op, method="truncation", iters=_SPLIT_ITERS, tol=1e-4, clip=_SPLIT_CLIP)
         u = dec.u
+        info["split_K_max"] = dec.report.K_max
         del dec
-        info["split_K_max"] = None
         ru = _rms(u)
         Tu = _table(bu, u / np.where(ru > 0, ru, 1))
         cu = _code_against(u, ru, Tu)

@@ -224,11 +224,6 @@ def _shared_syms(shared_input: bool) -> frozenset:
     return frozenset({"A", "B", "X"} if shared_input else {"A", "B"})
 
 
-def _span_key(factors, tree):
-    lv = _leaves(tree)
-    return _key(factors[lv[0]: lv[-1] + 1])
-
-
 @functools.lru_cache(maxsize=4096)
 def _tree_nodes(factors: tuple, tree) -> tuple:
     """Internal nodes of ``tree`` in pre-order: ``(key, lo, mid, hi, size)``; ``size`` counts the
@@ -469,26 +464,44 @@ class _Evaluator:
 
     def eval(self, tree, factors, arrs, memo):
         xp = self.xp
+        shared_syms = self.shared_syms
 
-        def walk(tr):
-            if isinstance(tr, int):
-                s, f = factors[tr]
-                return self.leaf(arrs, s, f)
-            lv = _leaves(tr)
-            fac = factors[lv[0]: lv[-1] + 1]
-            k = _key(fac)
-            book = self.shared_memo if {s for s, _ in k} <= self.shared_syms else memo
+        def walk(node):
+            if node[0] == "leaf":
+                _, s, f = node
+                a = arrs[s]
+                return xp.matrix_transpose(a) if f else a
+            _, k, syms, transposed, left, right = node
+            book = self.shared_memo if syms <= shared_syms else memo
             if k not in book:
                 # a product already known (this chain, another chain, or the forward) is reused
-                left, right = walk(tr[0]), walk(tr[1])
-                if _is_transposed(fac):
-                    book[k] = self.mm(xp.matrix_transpose(right), xp.matrix_transpose(left))
+                lv, rv = walk(left), walk(right)
+                if transposed:
+                    book[k] = self.mm(xp.matrix_transpose(rv), xp.matrix_transpose(lv))
                 else:
-                    book[k] = self.mm(left, right)
+                    book[k] = self.mm(lv, rv)
             v = book[k]
-            return xp.matrix_transpose(v) if _is_transposed(fac) else v
+            return xp.matrix_transpose(v) if transposed else v
 
-        return walk(tree)
+        return walk(_compiled(factors, tree))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(factors: tuple, tree):
+    """``tree`` with each node's product key, symbols and orientation precomputed."""
+    if isinstance(tree, int):
+        s, f = factors[tree]
+        return ("leaf", s, f)
+    lv = _leaves(tree)
+    fac = factors[lv[0]: lv[-1] + 1]
+    k = _key(fac)
+    return ("node", k, frozenset(s for s, _ in k), _is_transposed(fac),
+            _compiled(factors, tree[0]), _compiled(factors, tree[1]))
+
+
+def _stack(xp, arrs):
+    # one layer (the torch layer's case): a view instead of a copy
+    return xp.expand_dims(arrs[0], axis=0) if len(arrs) == 1 else xp.stack(arrs, axis=0)
 
 
 def _resolve_plan(p, xp, X, A, G, B, backward):
@@ -504,8 +517,11 @@ def _resolve_plan(p, xp, X, A, G, B, backward):
     return p
 
 
-def _layer_arrays(X, A, G, B, dY, l, shared):
-    d = {"A": A, "B": B, "G": G[l, ...], "X": X if shared else X[l, ...]}
+def _layer_arrays(X, A, G, B, dY, l, shared, scale=1.0):
+    # s is folded into the (r_a, r_b) core: every chain but dG carries G once, so no pass
+    # over a (t, n) or (t, m) array is spent on scaling; dG is scaled at the end (r_a x r_b)
+    Gl = G[l, ...]
+    d = {"A": A, "B": B, "G": Gl if scale == 1.0 else Gl * scale, "X": X if shared else X[l, ...]}
     if dY is not None:
         d["dY"] = dY[l, ...]
     return d
@@ -546,16 +562,14 @@ def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = N
     outs, saved = [], []
     for l in range(L):
         memo: dict = {}
-        arrs = _layer_arrays(X, A, G, B, None, l, shared)
+        arrs = _layer_arrays(X, A, G, B, None, l, shared, scale)
         y = ev.eval(p.choices["fwd"].tree, CHAINS["fwd"], arrs, memo)
-        if scale != 1.0:
-            y = y * scale
         if W is not None:
             y = mm(arrs["X"], W[l, ...]) + y
         outs.append(y)
         saved.append({k: v for k, v in memo.items() if _op_name(k) in keep})
     shared_saved = {k: v for k, v in ev.shared_memo.items() if _op_name(k) in keep}
-    Y = xp.stack(outs, axis=0)
+    Y = _stack(xp, outs)
     if return_saved:
         return Y, {"layers": saved, "shared": shared_saved}
     return Y
@@ -571,7 +585,8 @@ def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | Non
     X, A, G, B, W, scale, plan, matmul
         As in :func:`forward`.
     saved : dict, optional
-        ``forward(..., return_saved=True)[1]``: forward products reused instead of recomputed.
+        ``forward(..., return_saved=True)[1]`` from the same inputs and ``scale``: forward
+        products reused instead of recomputed (keys name products, so any plan may use them).
 
     Returns
     -------
@@ -592,9 +607,8 @@ def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | Non
     dA_inner = None
     for l in range(L):
         memo: dict = dict(saved["layers"][l]) if saved is not None else {}
-        arrs = _layer_arrays(X, A, G, B, dY, l, shared)
+        arrs = _layer_arrays(X, A, G, B, dY, l, shared, scale)
         gx = ev.eval(p.choices["dX"].tree, CHAINS["dX"], arrs, memo)
-        gx = gx * scale
         if W is not None:
             gx = mm(arrs["dY"], xp.matrix_transpose(W[l, ...])) + gx
         dX.append(gx)
@@ -607,13 +621,14 @@ def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | Non
             dA = ga if dA is None else dA + ga
         gb = ev.eval(p.choices["dB"].tree, CHAINS["dB"], arrs, memo)
         dB = gb if dB is None else dB + gb
-        dG.append(ev.eval(p.choices["dG"].tree, CHAINS["dG"], arrs, memo) * scale)
+        gg = ev.eval(p.choices["dG"].tree, CHAINS["dG"], arrs, memo)
+        dG.append(gg * scale if scale != 1.0 else gg)
     if pull_out:
         dA = mm(xp.matrix_transpose(X), dA_inner)
-    dXs = xp.stack(dX, axis=0)
+    dXs = _stack(xp, dX)
     if shared:
         dXs = xp.sum(dXs, axis=0)
-    return LoTRGrads(dX=dXs, dA=dA * scale, dB=dB * scale, dG=xp.stack(dG, axis=0))
+    return LoTRGrads(dX=dXs, dA=dA, dB=dB, dG=_stack(xp, dG))
 
 
 def _shift(tree, d):

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .. import rng
-from ..backend import array_namespace, as_compute, backend_name, check_array, device_of, like, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
 from ..errors import ShapeError
 
 __all__ = [

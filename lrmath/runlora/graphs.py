@@ -306,9 +306,10 @@ def _step_text(s: Step) -> str:
         return a + ("ᵀ" if t else "")
 
     if s.op == "mm":
-        return f"{'s·' if s.alpha else ''}{arg(0)} @ {arg(1)}"
+        return f"s·({arg(0)} @ {arg(1)})   (alpha)" if s.alpha else f"{arg(0)} @ {arg(1)}"
     if s.op == "addmm":
-        return f"{arg(0)} + {'s·' if s.alpha else ''}{arg(1)} @ {arg(2)}   (addmm)"
+        prod = f"s·({arg(1)} @ {arg(2)})" if s.alpha else f"{arg(1)} @ {arg(2)}"
+        return f"{arg(0)} + {prod}   (addmm{', alpha' if s.alpha else ''})"
     if s.op == "scale":
         return f"s·{arg(0)}"
     if s.op == "add":

@@ -421,7 +421,10 @@ def paper_graphs(space: GraphSpace, forward: str, backward: str) -> tuple[Graph,
     saved = backward.endswith("+saved")
     bname = backward.removesuffix("+saved")
     fs = space.find("forward", **PAPER_FORWARD[forward])
-    bs = space.find("backward", **PAPER_BACKWARD[bname])
+    want = dict(PAPER_BACKWARD[bname])
+    if not space.x_grad:  # without dX several names are the same graph
+        want["dX"] = {}
+    bs = space.find("backward", **want)
     bs = [b for b in bs if bool(b.saved) == saved and (not b.saved or b.saved <= fs[0].computes)]
     if len(fs) != 1 or len(bs) != 1:
         raise LookupError(f"{forward}/{backward} matches {len(fs)} forward and {len(bs)} backward graphs")

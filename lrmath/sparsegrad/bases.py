@@ -150,7 +150,9 @@ def basis(kind, n: int, seed: int = 0):
     is returned unchanged after a size check. ``'learned'`` needs gradients: use
     :class:`GramAccumulator` or :func:`learned_bases`.
     """
-    if isinstance(kind, (ops.OrthogonalOperator, LearnedBasis)):
+    if isinstance(kind, (ops.OrthogonalOperator, LearnedBasis)) or (
+        not isinstance(kind, str) and all(hasattr(kind, a) for a in ("n", "apply", "apply_t"))
+    ):  # any object with the operator interface (duck typing)
         if kind.n != n:
             raise ShapeError(f"basis has size {kind.n}, needed {n}")
         return kind

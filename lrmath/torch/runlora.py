@@ -36,10 +36,10 @@ def _layer_plan(m, n, r, x_grad, w_grad, bias, dropout, objective):
 
 
 @lru_cache(maxsize=4096)
-def _pair(m, n, r, t, x_grad, w_grad, bias, dropout, objective):
+def _pair(m, n, r, t, x_grad, w_grad, bias, dropout, objective, dtype="float32", device="cpu"):
     if objective == "time":
         p = _plan(m, n, r, tokens=t, x_grad=x_grad, w_grad=w_grad, bias=bias, dropout=dropout, objective="time",
-                  backend="torch")
+                  backend="cuda" if device == "cuda" else "torch", dtype=dtype)
         c = p.choice
     else:
         c = _layer_plan(m, n, r, x_grad, w_grad, bias, dropout, objective).select(t)
@@ -65,7 +65,8 @@ class _LoRAFunction(torch.autograd.Function):
         if isinstance(objective, tuple):  # an explicit (forward, backward) graph pair
             fwd, bwd = objective
         else:
-            fwd, bwd = _pair(m, n, r, t, x_grad, w_grad, has_bias, dropout, objective)
+            fwd, bwd = _pair(m, n, r, t, x_grad, w_grad, has_bias, dropout, objective,
+                             str(X.dtype).rsplit(".", 1)[-1], X.device.type)
         env = {"X": X, "W": W, "A": lora_A.t(), "B": lora_B.t()}
         if has_bias:
             env["b"] = bias

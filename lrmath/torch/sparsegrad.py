@@ -94,7 +94,7 @@ class _SparseGradFn(torch.autograd.Function):
                 g_delta = (A.t() @ Z)[ri, ci]
             else:
                 t = A.shape[0]
-                chunk = max(1, (1 << 22) // max(t, 1))
+                chunk = max(1, (1 << 20) // max(t, 1))  # bounds the (t, chunk) temporaries to 4 MB
                 parts = [(A[:, ri[s:s + chunk]] * Z[:, ci[s:s + chunk]]).sum(0) for s in range(0, ri.numel(), chunk)]
                 g_delta = torch.cat(parts) if len(parts) > 1 else parts[0]
         if ctx.needs_input_grad[0]:
