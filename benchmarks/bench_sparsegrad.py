@@ -185,5 +185,8 @@ def run(args):
              "'basis MB' is the stored basis columns U_I, V_J (not gradient or optimizer state). The last row times "
              "the sampled product's two routes on a fully filled 256x256 block (ratio = gather time / GEMM time, "
              "the GEMM_SPEEDUP constant of the route choice).")
-    write_results("sparsegrad", rows, {"shapes": shapes, "density": args.density, "tokens": t}, device="cpu", notes=notes)
+    import os
+
+    meta = {"shapes": shapes, "density": args.density, "tokens": t, "loadavg_at_end": os.getloadavg()}
+    write_results("sparsegrad", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}

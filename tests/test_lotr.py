@@ -288,8 +288,8 @@ def test_every_order_matches_naive_reference_and_counted_flops(t, m, n, L, ra, r
     # the adapter-only forward (no W) in inference mode executes exactly the forward chain
     cnt2 = CountingMatmul()
     pf = lotr.plan(t, m, n, ra, L, r_b=rb, shared_input=shared, backward=False, orders={"fwd": idx[0]})
-    assert_close(lotr.forward(X, A, G, B, scale=s, plan=pf, matmul=cnt2), Yr - np.stack(
-        [(X if shared else X[l]) @ W[l] for l in range(L)]), n=k, depth=4)
+    branch = np.stack([s * (X if shared else X[l]) @ A @ G[l] @ B.T for l in range(L)])
+    assert_close(lotr.forward(X, A, G, B, scale=s, plan=pf, matmul=cnt2), branch, n=k, depth=4)
     assert cnt2.flops == pf.flops
 
 

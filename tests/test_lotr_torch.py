@@ -71,8 +71,26 @@ def test_module_gradients_match_naive_formulas(planned):
     assert_close(lt.B.grad, s * sum(dY[l].T @ X[l] @ A @ G[l] for l in range(L)), n=2 * t * inn)
 
 
+def test_auto_uses_the_planned_function_only_where_it_saves_flops():
+    from lrmath.lotr.adapter import AUTOGRAD_ORDERS
+
+    # t >> r on a 384x384 layer: autograd's orders are within 10% of the optimum -> plain autograd
+    big = LoTR(384, 384, 2, 8)
+    assert big._plan(512) is None
+    ref = lotr.plan(512, 384, 384, 8, 1, orders=AUTOGRAD_ORDERS)
+    assert lotr.plan(512, 384, 384, 8, 1).flops >= 0.9 * ref.flops
+    # r = m = n (tiny layer): merging A G B^T first is ~3x cheaper -> the planned Function
+    small = LoTR(4, 4, 2, 4)
+    p = small._plan(512)
+    assert p is not None and p.flops < 0.9 * lotr.plan(512, 4, 4, 4, 1, orders=AUTOGRAD_ORDERS).flops
+    assert LoTR(4, 4, 2, 4, planned=False)._plan(512) is not None  # _plan itself; delta skips it
+    with pytest.raises(ValueError, match="planned"):
+        LoTR(4, 4, 2, 4, planned="yes")
+
+
 def test_module_gradcheck_through_wrapped_layers():
     lt = _lotr64(5, 4, 2, 2, 2, 3)
+    lt.planned = True
     bases = [nn.Linear(5, 4).double() for _ in range(2)]
     wrapped = [LoTRLinear(b, lt, i) for i, b in enumerate(bases)]
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)

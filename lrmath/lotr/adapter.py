@@ -46,7 +46,7 @@ from typing import Any, Callable
 from ..backend import array_namespace, check_array, check_positive_int
 from ..errors import RankError, ShapeError
 
-__all__ = ["CHAINS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
+__all__ = ["CHAINS", "AUTOGRAD_ORDERS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
 
 # factor symbols with a transpose flag; shapes: X (t, m), A (m, ra), G (ra, rb), B (n, rb), dY (t, n)
 _SHAPES = {"X": ("t", "m"), "A": ("m", "ra"), "G": ("ra", "rb"), "B": ("n", "rb"), "dY": ("t", "n")}
@@ -60,6 +60,16 @@ CHAINS: dict[str, tuple[tuple[str, bool], ...]] = {
     "dG": (("A", True), ("X", True), ("dY", False), ("B", False)),    # A^T X^T dY B     -> (ra, rb)
 }
 _BACKWARD = ("dX", "dA", "dB", "dG")
+
+#: the orders plain autograd runs for ``((X A) G) B^T``: its backward forms ``dY B``, then
+#: ``(dY B) G^T`` (reused by dX and dA), ``dY^T (X A G)`` and ``(X A)^T (dY B)``
+AUTOGRAD_ORDERS = {
+    "fwd": (((0, 1), 2), 3),
+    "dX": (((0, 1), 2), 3),
+    "dA": (0, ((1, 2), 3)),
+    "dB": (0, ((1, 2), 3)),
+    "dG": ((0, 1), (2, 3)),
+}
 
 
 def _chain_module():
@@ -450,7 +460,11 @@ def _check_inputs(X, A, G, B, W=None, dY=None, validate=True):
 
 
 class _Evaluator:
-    """Evaluate chain trees with memoised products (a product and its transpose are one entry)."""
+    """Evaluate chain trees with memoised products (a product and its transpose are one entry).
+
+    Memo entries are ``key -> (array, canonical)``: ``canonical`` tells whether the array holds
+    the product in the key's orientation or its transpose.
+    """
 
     def __init__(self, xp, matmul, shared_syms):
         self.xp = xp
@@ -474,14 +488,12 @@ class _Evaluator:
             _, k, syms, transposed, left, right = node
             book = self.shared_memo if syms <= shared_syms else memo
             if k not in book:
-                # a product already known (this chain, another chain, or the forward) is reused
-                lv, rv = walk(left), walk(right)
-                if transposed:
-                    book[k] = self.mm(xp.matrix_transpose(rv), xp.matrix_transpose(lv))
-                else:
-                    book[k] = self.mm(lv, rv)
-            v = book[k]
-            return xp.matrix_transpose(v) if transposed else v
+                # a product already known (this chain, another chain, or the forward) is reused;
+                # a new one is computed in the orientation this chain needs (so chain results
+                # such as Y and dX come out contiguous) and stored with that orientation
+                book[k] = (self.mm(walk(left), walk(right)), not transposed)
+            v, canonical = book[k]
+            return v if canonical != transposed else xp.matrix_transpose(v)
 
         return walk(_compiled(factors, tree))
 

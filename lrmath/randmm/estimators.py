@@ -101,12 +101,18 @@ def _sylvester(n: int) -> np.ndarray:
     return H / math.sqrt(n)
 
 
-def _kron_hadamard(A, D: np.ndarray, xp):
-    """``Q (D A)`` for ``Q = ops.orthogonal('hadamard', t, seed=0)`` with ``t`` a power of
-    two, as two small dense products: Sylvester's ``H_t = H_a kron H_b`` (``a b = t``,
-    ``a ~ b ~ sqrt(t)``), so the cost is ``2 t (a + b) cols`` FLOPs in BLAS instead of
-    ``log2 t`` memory-bound butterfly passes. ``Q`` includes the operator's own fixed
-    signs ``D0`` (seed 0), so the result equals ``operator().apply`` exactly."""
+def _kron_hadamard_rows(A, D: np.ndarray, rows: np.ndarray, xp):
+    """Rows ``rows`` of ``Q (D A)`` for ``Q = ops.orthogonal('hadamard', t, seed=0)``, ``t`` a
+    power of two, from two dense products: Sylvester's ``H_t = H_a kron H_b`` (``a b = t``,
+    ``a ~ b ~ sqrt(t)``) costs ``2 t (a + b) cols`` FLOPs in BLAS instead of ``log2 t``
+    memory-bound butterfly passes. ``Q`` includes the operator's own fixed signs ``D0``
+    (seed 0), so the result equals ``operator().apply(...)[rows]``.
+
+    With ``Z`` viewed as ``(a, b, cols)``: ``Z1 = H_a Z`` is one GEMM on ``(a, b cols)``; after
+    one transposing copy to ``(b, a cols)``, ``Z2 = H_b Z1`` is another, and row
+    ``i_a b + i_b`` of the result sits at row ``i_b a + i_a`` of ``Z2`` -- so only the
+    wanted rows are gathered, never transposed back.
+    """
     from ..ops import STREAM_SIGNS
 
     t, cols = int(A.shape[0]), int(A.shape[1])
@@ -117,9 +123,11 @@ def _kron_hadamard(A, D: np.ndarray, xp):
     Dv = xp.astype(like(signs, A), A.dtype)
     Ha = xp.astype(like(_sylvester(a), A), A.dtype)
     Hb = xp.astype(like(_sylvester(b), A), A.dtype)
-    Z = xp.reshape(A * Dv[:, None], (a, b, cols))
-    Z = xp.reshape(Hb @ Z, (a, b * cols))
-    return xp.reshape(Ha @ Z, (t, cols))
+    Z = Ha @ xp.reshape(A * Dv[:, None], (a, b * cols))
+    Z = xp.reshape(xp.permute_dims(xp.reshape(Z, (a, b, cols)), (1, 0, 2)), (b, a * cols))
+    Z = xp.reshape(Hb @ Z, (b * a, cols))
+    r = np.asarray(rows, dtype=np.int64)
+    return xp.take(Z, like((r % b) * a + r // b, A), axis=0)
 
 
 def _ns(A):
@@ -265,11 +273,6 @@ class Sketch:
         """Rows of ``L X`` (equals ``k`` except for Bernoulli, whose size is random)."""
         return int(self.indices.size) if self.indices is not None else self.k
 
-    @property
-    def data_independent(self) -> bool:
-        """True when ``(seed, stream)`` alone regenerates the sketch (no stored indices)."""
-        return self.kind in DATA_INDEPENDENT or (self.kind == "crs" and self.indices is None)
-
     def state_nbytes(self) -> int:
         """Bytes of the sketch state kept besides ``L X`` (indices and weights)."""
         n = 0
@@ -330,12 +333,12 @@ class Sketch:
         elif self.kind in _TRANSFORM:
             D = self._signs()
             if self.kind == "srht" and self.t & (self.t - 1) == 0 and self.t >= 4:
-                Z = _kron_hadamard(Ac, D, xp)
+                out = _kron_hadamard_rows(Ac, D, self._transform_rows(), xp)
             else:
                 D = xp.astype(like(D, Ac), Ac.dtype)
                 Z = self.operator().apply(Ac * D[:, None], axis=0)  # H D A, (t, cols)
-            rows = like(self._transform_rows(), Ac)
-            out = xp.take(Z, rows, axis=0) * math.sqrt(self.t / self.k)
+                out = xp.take(Z, like(self._transform_rows(), Ac), axis=0)
+            out = out * math.sqrt(self.t / self.k)
         else:
             idx = like(self.indices, Ac)
             out = xp.take(Ac, idx, axis=0)

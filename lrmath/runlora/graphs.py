@@ -674,10 +674,54 @@ def graph_space(x_grad: bool = True, w_grad: bool = False, bias: bool = False, d
     >>> len(sp.forward), len(sp.backward)
     (41, 6480)
     """
-    return _graph_space(bool(x_grad), bool(w_grad), bool(bias), bool(dropout))
+    return _cached_space(bool(x_grad), bool(w_grad), bool(bias), bool(dropout))
+
+
+def _source_hash() -> str:
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("chain.py", "costs.py", "graphs.py"):
+        with open(os.path.join(here, name), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 @lru_cache(maxsize=None)
+def _cached_space(x_grad: bool, w_grad: bool, bias: bool, dropout: bool) -> GraphSpace:
+    """Generate once per process; also kept on disk (keyed by this code's hash) across processes."""
+    import os
+    import pickle
+    import tempfile
+
+    from .._progress import cache_dir
+
+    try:
+        path = os.path.join(cache_dir("runlora"), f"space-{_source_hash()}-{int(x_grad)}{int(w_grad)}{int(bias)}{int(dropout)}.pkl")
+    except OSError:
+        path = None
+    if path and os.path.exists(path):
+        try:
+            with open(path, "rb") as fh:
+                sp = pickle.load(fh)
+            if isinstance(sp, GraphSpace):
+                return sp
+        except Exception:  # noqa: BLE001 - a corrupt cache file is regenerated
+            pass
+    sp = _graph_space(x_grad, w_grad, bias, dropout)
+    if path:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(sp, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return sp
+
+
 def _graph_space(x_grad: bool, w_grad: bool, bias: bool, dropout: bool) -> GraphSpace:
     fwd: list[Graph] = []
     seen: set = set()

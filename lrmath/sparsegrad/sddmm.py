@@ -37,9 +37,10 @@ from .select import check_indices, topk_of_values
 __all__ = ["sampled_product", "sparse_gradient", "topk_product", "to_sparse", "route_cost", "GEMM_SPEEDUP"]
 
 #: Ratio of GEMM throughput to gather-multiply-reduce throughput (flops/s), used by the
-#: route choice. Measured on this project's CPU (benchmarks/bench_sparsegrad.py,
-#: "route" rows): a 64k-element gather-reduce runs ~10-30x slower per flop than MKL/OpenBLAS GEMM.
-GEMM_SPEEDUP = 16.0
+#: route choice. Measured on this project's 2-core CPU (benchmarks/results/sparsegrad_cpu.md,
+#: "route" row: a fully filled 256x256 block, t = 256-512): the gather route took 2.5-3.2x
+#: the GEMM route's time for the same flops; 4 leans to GEMM when in doubt.
+GEMM_SPEEDUP = 4.0
 
 
 def _dev(x):

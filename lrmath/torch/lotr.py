@@ -8,10 +8,13 @@ so the merged weight is ``W_l + s B G_l^T A^T`` (out, in). This is the NumPy ref
 (:mod:`lrmath.lotr.adapter`) with ``m = in``, ``n = out`` and ``W_ref = W^T``.
 
 * :class:`LoTR` owns ``A``, ``B`` and the cores ``G`` (L, r_a, r_b) of a group of ``L`` layers
-  of equal shape. By default the branch runs through a custom autograd Function that executes
-  the FLOP-optimal association order of :func:`lrmath.lotr.plan` for the forward *and* the
-  four gradient chains (products of the forward reused in the backward); ``planned=False``
-  uses plain autograd on ``((x A) G) B^T`` (same values, for comparison).
+  of equal shape. ``planned=True`` runs the branch through a custom autograd Function that
+  executes the FLOP-optimal association order of :func:`lrmath.lotr.plan` for the forward *and*
+  the four gradient chains (products of the forward reused in the backward); ``planned=False``
+  uses plain autograd on ``((x A) G) B^T``. The default ``"auto"`` takes the planned Function
+  only where its FLOPs are below 0.9x those of autograd's orders
+  (``lrmath.lotr.adapter.AUTOGRAD_ORDERS``, costed by the same model): where they tie (e.g.
+  t >> r), the Function's Python overhead made it slower on CPU (``benchmarks/bench_lotr.py``).
 * :class:`LoTRLinear` wraps a frozen ``nn.Linear`` and one core index of a :class:`LoTR`.
 * :func:`apply_lotr` finds target linears, groups them by shape and wraps them; the LoTR
   modules live in ``model.lotr_adapters`` (so ``A``, ``B`` appear once in ``parameters()`` and in
@@ -53,18 +56,19 @@ class _PlannedLoTR(torch.autograd.Function):
     def forward(ctx, x2, A, Gl, B, scale, plan):
         X, G = x2.unsqueeze(0), Gl.unsqueeze(0)
         Y, saved = _lotr.forward(X, A, G, B, scale=scale, plan=plan, return_saved=True, validate=False)
-        keys = [("layer", k) for k in saved["layers"][0]] + [("shared", k) for k in saved["shared"]]
-        vals = [saved["layers"][0][k] for _, k in keys if _ == "layer"] + [saved["shared"][k] for _, k in keys if _ == "shared"]
-        ctx.keys, ctx.scale, ctx.plan = keys, scale, plan
-        ctx.save_for_backward(x2, A, Gl, B, *vals)
+        # memo entries are key -> (tensor, orientation flag); tensors go through save_for_backward
+        items = [("layers", k, v) for k, v in saved["layers"][0].items()] + [("shared", k, v) for k, v in saved["shared"].items()]
+        ctx.keys = [(where, k, flag) for where, k, (_, flag) in items]
+        ctx.scale, ctx.plan = scale, plan
+        ctx.save_for_backward(x2, A, Gl, B, *[v for _, _, (v, _) in items])
         return Y[0]
 
     @staticmethod
     def backward(ctx, dy):
         x2, A, Gl, B, *vals = ctx.saved_tensors
         saved = {"layers": [{}], "shared": {}}
-        for (where, k), v in zip(ctx.keys, vals):
-            (saved["layers"][0] if where == "layer" else saved["shared"])[k] = v
+        for (where, k, flag), v in zip(ctx.keys, vals):
+            (saved["layers"][0] if where == "layers" else saved["shared"])[k] = (v, flag)
         g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=ctx.scale, plan=ctx.plan,
                            saved=saved, validate=False)
         return g.dX[0], g.dA, g.dG[0], g.dB, None, None
@@ -85,8 +89,9 @@ class LoTR(nn.Module):
         ``s`` (default ``1 / r_a`` as in the public LoTR code).
     seed : int
         Seed of the orthonormal ``A``, ``B``.
-    planned : bool
-        Run the branch through the FLOP-planned autograd Function (default) or plain autograd.
+    planned : bool or "auto"
+        Run the branch through the FLOP-planned autograd Function (True), plain autograd
+        (False), or the planned Function only when it saves >= 10% of the FLOPs ("auto").
 
     Attributes
     ----------
@@ -96,14 +101,16 @@ class LoTR(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, n_layers: int, rank: int, *, rank_out: int | None = None,
-                 scale: float | None = None, seed: int = 0, planned: bool = True, dtype=None, device=None):
+                 scale: float | None = None, seed: int = 0, planned: bool | str = "auto", dtype=None, device=None):
         super().__init__()
         ra = int(rank)
         rb = ra if rank_out is None else int(rank_out)
         _lotr.check_ranks((ra, rb), (int(n_layers), int(in_features), int(out_features)))
         self.in_features, self.out_features, self.n_layers = int(in_features), int(out_features), int(n_layers)
         self.scale = float(1.0 / ra if scale is None else scale)
-        self.planned = bool(planned)
+        if planned not in (True, False, "auto"):
+            raise ValueError(f"planned must be True, False or 'auto', got {planned!r}")
+        self.planned = planned
         self.seed = int(seed)
         kw = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         self.A = nn.Parameter(torch.empty(self.in_features, ra, **kw))
@@ -126,7 +133,8 @@ class LoTR(nn.Module):
 
     @classmethod
     def from_updates(cls, updates, rank: int, *, rank_out: int | None = None, scale: float | None = None,
-                     max_iter: int = 30, tol: float = 1e-7, planned: bool = True, dtype=None, device=None) -> "LoTR":
+                     max_iter: int = 30, tol: float = 1e-7, planned: bool | str = "auto", dtype=None,
+                     device=None) -> "LoTR":
         """A LoTR whose ``s B G_l^T A^T`` is the Tucker-2 approximation of ``updates``.
 
         Parameters
@@ -166,13 +174,24 @@ class LoTR(nn.Module):
         A, B, Gl = self.A, self.B, self.G[layer]
         if x2.dtype != A.dtype:
             x2 = x2.to(A.dtype)
-        if self.planned and x2.shape[0] > 0:
-            ra, rb = self.ranks
-            p = _lotr.plan(int(x2.shape[0]), self.in_features, self.out_features, ra, 1, r_b=rb)
+        p = self._plan(int(x2.shape[0])) if self.planned and x2.shape[0] > 0 else None
+        if p is not None:
             y = _PlannedLoTR.apply(x2, A, Gl, B, self.scale, p)
         else:
             y = ((x2 @ A) @ Gl) @ B.T * self.scale
         return y.reshape(*lead, self.out_features)
+
+    def _plan(self, t: int):
+        """The plan for ``t`` tokens, or None where plain autograd is used ("auto" and no gain)."""
+        ra, rb = self.ranks
+        p = _lotr.plan(t, self.in_features, self.out_features, ra, 1, r_b=rb)
+        if self.planned == "auto":
+            from ..lotr.adapter import AUTOGRAD_ORDERS
+
+            ref = _lotr.plan(t, self.in_features, self.out_features, ra, 1, r_b=rb, orders=AUTOGRAD_ORDERS)
+            if p.flops >= 0.9 * ref.flops:
+                return None
+        return p
 
     def delta_weight(self, layer: int | None = None) -> torch.Tensor:
         """``s B G_l^T A^T`` (out, in) for one layer, or (L, out, in) for all."""
@@ -254,7 +273,7 @@ def _matches(name: str, targets) -> bool:
 
 def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int, *, rank_out: int | None = None,
                scale: float | None = None, init: str = "zeros", updates: Mapping[str, torch.Tensor] | None = None,
-               group_by: str = "shape", seed: int = 0, freeze: bool = True, planned: bool = True,
+               group_by: str = "shape", seed: int = 0, freeze: bool = True, planned: bool | str = "auto",
                max_iter: int = 30) -> nn.ModuleDict:
     """Wrap the target linears of ``model`` in LoTR adapters, grouped by shape; in place.
 
@@ -279,7 +298,7 @@ def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int,
         Seed of the orthonormal ``A``, ``B`` (group ``i`` uses ``seed + i``).
     freeze : bool
         Freeze every other parameter of ``model`` (PEFT's convention).
-    planned : bool
+    planned : bool or "auto"
         Use the FLOP-planned autograd Function (see :class:`LoTR`).
 
     Returns

@@ -46,6 +46,10 @@ def _pair(m, n, r, t, x_grad, w_grad, bias, dropout, objective, dtype="float32",
     return c.forward, c.backward
 
 
+# planning is plain Python over cached tables: keep torch.compile from tracing into it
+_pair_eager = torch.compiler.disable(_pair) if hasattr(torch, "compiler") else _pair
+
+
 class _LoRAFunction(torch.autograd.Function):
     """y = x Wᵀ + b + s (x∘K) Aᵀ Bᵀ (torch layout) executing a planned graph pair."""
 
@@ -65,7 +69,7 @@ class _LoRAFunction(torch.autograd.Function):
         if isinstance(objective, tuple):  # an explicit (forward, backward) graph pair
             fwd, bwd = objective
         else:
-            fwd, bwd = _pair(m, n, r, t, x_grad, w_grad, has_bias, dropout, objective,
+            fwd, bwd = _pair_eager(m, n, r, t, x_grad, w_grad, has_bias, dropout, objective,
                              str(X.dtype).rsplit(".", 1)[-1], X.device.type)
         env = {"X": X, "W": W, "A": lora_A.t(), "B": lora_B.t()}
         if has_bias:

@@ -43,7 +43,13 @@ from ..sparsegrad.select import IndexSelector, check_indices
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE"]
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def _csr(crow, col, values, shape):
+    """CSR tensor of the index structure (invariants hold by construction: sorted flat indices)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 #: Module-name patterns (fnmatch) of the MLP linears of a BERT-style model (the default
 #: model); ``DEFAULT_EXCLUDE`` keeps the attention output projection (``attention.output.dense``) out.
@@ -72,7 +78,7 @@ class _SparseGradFn(torch.autograd.Function):
             S[ri, ci] = delta
             P = Z @ S.t()
         else:
-            S = torch.sparse_csr_tensor(crow, col, delta, (nI, nJ), check_invariants=False)
+            S = _csr(crow, col, delta, (nI, nJ))
             P = (S @ Z.t()).t()
         y = y + P @ UI.t()
         ctx.dense = dense
@@ -103,7 +109,7 @@ class _SparseGradFn(torch.autograd.Function):
                 S[ri, ci] = delta
                 AS = A @ S
             else:
-                S = torch.sparse_csr_tensor(crow, col, delta, (nI, nJ), check_invariants=False)
+                S = _csr(crow, col, delta, (nI, nJ))
                 AS = (S.t() @ A.t()).t()
             g_x = dy @ weight + AS @ VJ.t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
