@@ -26,6 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--speed-size", type=int, default=None, help="side of the speed matrix (default 4096; 2048 quick)")
     parser.add_argument("--no-hqq", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed row (written as suite 'kashin_speed')")
 
 
 def _rel(a, b):
@@ -85,7 +86,7 @@ def run(args) -> dict:
 
     has_hqq, hqq_why = hqq_available()
     use_hqq = has_hqq and not args.no_hqq
-    sources = _sources(args.quick)
+    sources = [] if args.speed_only else _sources(args.quick)
     per = {}  # (source, bits, method) -> list of (bpw, err, out_err)
     t0 = time.perf_counter()
     for src, name, W, X in progress(sources, desc="kashin bench"):
@@ -136,9 +137,9 @@ def run(args) -> dict:
 
     notes = ("Relative errors (lower is better); bpw = total bits per weight including fp16 scales/zeros and tables. "
              "HQQ: " + (f"hqq {hqq_why}" if use_hqq else f"skipped ({hqq_why if not has_hqq else '--no-hqq'})") + ". "
-             f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine).\n\n"
+             f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine; the speed row also gives CPU seconds of all threads, which the load does not inflate).\n\n"
              + "\n".join(f"- {k}: {v}" for k, v in sorted(wins.items())))
     meta = {"quick": bool(args.quick), "bits": args.bits, "hqq": hqq_why if use_hqq else None, "wins": wins, "speed": speed,
             "quality_seconds": round(quality_s, 1)}
-    write_results("kashin", rows, meta, device="cpu", notes=notes)
+    write_results("kashin_speed" if args.speed_only else "kashin", rows, meta, device="cpu", notes=notes)
     return {"rows": rows, "meta": meta}

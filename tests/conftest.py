@@ -24,16 +24,29 @@ def _has_gpu() -> bool:
 GPU = _has_gpu()
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not GPU:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+# One BLAS/OpenMP thread per test process: with pytest -n 2 on 2 cores, threaded BLAS and
+# torch oversubscribe the cores (an SVD-heavy test measured 5 s -> 60-230 s). Set before
+# NumPy/torch load their thread pools; threadpoolctl below covers pools already loaded.
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LRMATH_SCALE", "ci")
 os.environ.setdefault("LRMATH_PROGRESS", "0")
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+try:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+except ImportError:  # pragma: no cover - ships with scikit-learn (test extra)
+    pass
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=20, deadline=None, database=None,
@@ -83,6 +96,17 @@ def require_backend(name: str):
 
         return xpt
     return mod
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    import sys
+
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
 
 
 @pytest.fixture(params=BACKENDS)

@@ -107,8 +107,11 @@ def _tour(ctx):
               f"allocation (pooled):")
     cmp = compare(T, ranks, max_iter=iters)
     erows = ctx.table(_error_rows(cmp))
-    ctx.print("On pretrained weights sharing buys little or nothing (facts.md: 6 query weights, 0.855 vs 0.856 at 74k);\n"
-              "the parameter-efficiency claim concerns fine-tuning updates -- measured in proofs_notebooks/lotr.py.")
+    won = [r["lotr_rank"] for r in cmp.rows if r["winner"] == "LoTR"]
+    ctx.print(f"Measured here: Tucker-2 has the lowest error at LoTR ranks {won or 'none'} of {ranks} (at the smallest\n"
+              f"budgets per-layer LoRA cannot afford even rank 1 on every layer). facts.md (6 query weights): 0.855 vs\n"
+              f"0.856 at 74k parameters -- on raw weights sharing buys little; the claim concerns fine-tuning updates,\n"
+              f"measured in proofs_notebooks/lotr.py.")
     p = plan(512, m, n, 16, 6)
     ctx.print("\nAssociation orders of one LoTR training step (t = 512 tokens, r = 16, the 6 query layers):")
     ctx.print(repr(p))

@@ -178,7 +178,8 @@ class LoTR(nn.Module):
         if p is not None:
             y = _PlannedLoTR.apply(x2, A, Gl, B, self.scale, p)
         else:
-            y = ((x2 @ A) @ Gl) @ B.T * self.scale
+            # s folded into the (r_a, r_b) core: no extra pass over the (t, out) output
+            y = ((x2 @ A) @ (Gl * self.scale)) @ B.T
         return y.reshape(*lead, self.out_features)
 
     def _plan(self, t: int):
