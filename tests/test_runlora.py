@@ -6,7 +6,6 @@ products read off the paper's variant list by hand, brute-force minima over all 
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from fractions import Fraction

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import warnings
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,7 +12,7 @@ peft = pytest.importorskip("peft")
 
 from lrmath.errors import RankError, ShapeError  # noqa: E402
 from lrmath.testing import assert_close  # noqa: E402
-from lrmath.runlora import graph_space, paper_graphs, peft_pair, plan  # noqa: E402
+from lrmath.runlora import graph_space, peft_pair  # noqa: E402
 from lrmath.torch.runlora import LoRALinear, convert_peft, lora_function  # noqa: E402
 
 torch.set_num_threads(2)

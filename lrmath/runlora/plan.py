@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..backend import check_positive_int
-from ..errors import RankError, ShapeError
+from ..errors import RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
 
