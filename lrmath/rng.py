@@ -33,7 +33,7 @@ and ``lrmath_gpu`` for the Numba device functions.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 

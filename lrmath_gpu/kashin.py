@@ -30,7 +30,7 @@ from lrmath import ops
 from lrmath.backend import check_array
 from lrmath.errors import ShapeError
 from lrmath.kashin import Decomposition, DecompositionReport, KashinQuantized, lloyd_max, split_bits
-from lrmath.kashin.decompose import METHODS as _DEC_METHODS
+from lrmath.kashin.decompose import _check_args as _check_decompose_args
 from lrmath.kashin.decompose import as_operator
 from lrmath.kashin.quantize import METHODS as _Q_METHODS
 
@@ -68,18 +68,7 @@ def decompose(x, Q="hadamard", *, method: str = "truncation", iters: int | None 
     """Kashin representation ``x = u + Q v`` of every block ``x[..., :]``; see
     :func:`lrmath.kashin.decompose` (same parameters, same stop rule and report)."""
     check_array(x, "x")
-    if len(x.shape) < 1:
-        raise ShapeError("x must have at least one dimension (blocks along the last axis)")
-    if method not in _DEC_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {_DEC_METHODS}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not (isinstance(clip, (int, float)) and clip > 0):
-        raise ValueError(f"clip must be positive, got {clip!r}")
-    if iters is None:
-        iters = 30 if method == "truncation" else 400
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    iters = _check_decompose_args(x, method, iters, tol, clip)
     N = int(x.shape[-1])
     op = as_operator(Q, N, seed)
     be = resolve(None)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from lrmath import ops
-from lrmath.backend import array_namespace, check_array, check_positive_int
-from lrmath.errors import DTypeError, ShapeError
+from lrmath.backend import check_array, check_positive_int
+from lrmath.errors import ShapeError
 from lrmath.sparsegrad import LearnedBasis, basis, columns, route_cost
 from lrmath.sparsegrad.select import check_indices
+from lrmath.sparsegrad.sddmm import _check_sampled_args
 
 from . import kernels as K
 from ._device import resolve, to_caller, to_work, work_xp
@@ -64,20 +65,7 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
     ``A (t, n)``, ``B (t, m)``; returns ``(nnz,)`` of ``A``'s kind and dtype. ``chunk_elems``
     is accepted for signature parity (the kernel needs no temporary).
     """
-    check_array(A, "A", ndim=2)
-    check_array(B, "B", ndim=2)
-    array_namespace(A, B)
-    t, n = int(A.shape[0]), int(A.shape[1])
-    if int(B.shape[0]) != t:
-        raise ShapeError(f"A has {t} rows but B has {B.shape[0]}; both must be (t, .)")
-    m = int(B.shape[1])
-    if shape is not None and tuple(shape) != (n, m):
-        raise ShapeError(f"shape {tuple(shape)} does not match A^T B of shape {(n, m)}")
-    if A.dtype != B.dtype:
-        raise DTypeError(f"A and B must share a dtype, got {A.dtype} and {B.dtype}")
-    idx = check_indices(idx, (n, m))
-    if method not in ("auto", "sparse", "dense"):
-        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    t, n, m, idx = _check_sampled_args(A, B, idx, shape, method)
     be = resolve(None)
     xp = work_xp(be)
     r, c = idx // m, idx % m

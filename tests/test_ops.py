@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lrmath import ops, rng
-from lrmath.backend import to_numpy
 from lrmath.errors import ShapeError
 from lrmath.testing import assert_close, tolerance
 

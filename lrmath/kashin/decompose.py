@@ -177,6 +177,23 @@ def _norm(xp, r):
     return xp.sqrt(xp.sum(r * r, axis=-1, keepdims=True))
 
 
+
+def _check_args(x, method: str, iters, tol, clip) -> int:
+    """Validate :func:`decompose`'s arguments (shared with the GPU mirror); return ``iters``."""
+    if len(x.shape) < 1:
+        raise ShapeError("x must have at least one dimension (blocks along the last axis)")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if not (isinstance(clip, (int, float)) and clip > 0):
+        raise ValueError(f"clip must be positive, got {clip!r}")
+    if iters is None:
+        iters = 30 if method == "truncation" else 400
+    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
+        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    return int(iters)
+
 def decompose(x, Q="hadamard", *, method: str = "truncation", iters: int | None = None, tol: float = 1e-6,
               clip: float = 1.0, seed: int = 0) -> Decomposition:
     """Kashin representation ``x = u + Q v`` of every block ``x[..., :]`` (length ``N``).
@@ -205,18 +222,7 @@ def decompose(x, Q="hadamard", *, method: str = "truncation", iters: int | None 
         :class:`DecompositionReport`.
     """
     xp = check_array(x, "x", ndim=None)
-    if len(x.shape) < 1:
-        raise ShapeError("x must have at least one dimension (blocks along the last axis)")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not (isinstance(clip, (int, float)) and clip > 0):
-        raise ValueError(f"clip must be positive, got {clip!r}")
-    if iters is None:
-        iters = 30 if method == "truncation" else 400
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    iters = _check_args(x, method, iters, tol, clip)
     N = int(x.shape[-1])
     op = as_operator(Q, N, seed)
     xp, xc, dt = as_compute(x, xp)

@@ -66,6 +66,30 @@ def route_cost(t: int, idx, shape, *, gemm_speedup: float = GEMM_SPEEDUP, dense_
     return {"sparse": sparse, "dense": dense, "block": ni * nj, "rows": ni, "cols": nj, "route": route}
 
 
+
+def _check_sampled_args(A, B, idx, shape, method: str):
+    """Validate :func:`sampled_product`'s arguments (shared with the GPU mirror).
+
+    Returns ``(t, n, m, idx)`` with ``idx`` checked against ``(n, m)``.
+    """
+    check_array(A, "A", ndim=2)
+    check_array(B, "B", ndim=2)
+    array_namespace(A, B)  # raises DeviceError when A and B mix libraries or devices
+    t, n = int(A.shape[0]), int(A.shape[1])
+    if int(B.shape[0]) != t:
+        raise ShapeError(f"A has {t} rows but B has {B.shape[0]}; both must be (t, .)")
+    m = int(B.shape[1])
+    if shape is not None and tuple(shape) != (n, m):
+        raise ShapeError(f"shape {tuple(shape)} does not match A^T B of shape {(n, m)}")
+    if A.dtype != B.dtype:
+        from ..errors import DTypeError
+
+        raise DTypeError(f"A and B must share a dtype, got {A.dtype} and {B.dtype}")
+    idx = check_indices(idx, (n, m))
+    if method not in ("auto", "sparse", "dense"):
+        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    return t, n, m, idx
+
 def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems: int = 1 << 22,
                     gemm_speedup: float = GEMM_SPEEDUP, dense_cap: float = 8.0):
     """Entries of ``A^T B`` at flat indices ``idx``: ``out[k] = sum_t A[t, r_k] B[t, c_k]``.
@@ -86,21 +110,7 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
     array (nnz,), same kind and dtype as ``A``.
     """
     xp = check_array(A, "A", ndim=2)
-    check_array(B, "B", ndim=2)
-    array_namespace(A, B)  # raises DeviceError when A and B mix libraries or devices
-    t, n = int(A.shape[0]), int(A.shape[1])
-    if int(B.shape[0]) != t:
-        raise ShapeError(f"A has {t} rows but B has {B.shape[0]}; both must be (t, .)")
-    m = int(B.shape[1])
-    if shape is not None and tuple(shape) != (n, m):
-        raise ShapeError(f"shape {tuple(shape)} does not match A^T B of shape {(n, m)}")
-    if A.dtype != B.dtype:
-        from ..errors import DTypeError
-
-        raise DTypeError(f"A and B must share a dtype, got {A.dtype} and {B.dtype}")
-    idx = check_indices(idx, (n, m))
-    if method not in ("auto", "sparse", "dense"):
-        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    t, n, m, idx = _check_sampled_args(A, B, idx, shape, method)
     if idx.size == 0:
         return xp.zeros((0,), dtype=A.dtype, **_dev(A))
     r, c = _split(idx, m)
