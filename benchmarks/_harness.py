@@ -96,9 +96,16 @@ def time_interleaved(
 
 
 def peak_torch_memory(fn: Callable[[], Any], device: str = "cpu") -> int:
-    """Peak bytes allocated while ``fn`` runs: CUDA allocator stats on GPU; on CPU, torch's
-    allocations are traced through ``tracemalloc`` of NumPy-backed storage is not possible, so
-    the profiler's memory events are summed (``torch.profiler`` with ``profile_memory``)."""
+    """Peak bytes of tensors alive at the same time while ``fn`` runs, excluding what existed before.
+
+    On CUDA: the caching allocator's peak above the starting allocation. On CPU: every non-view,
+    non-in-place op output is counted from its creation until its tensor is collected
+    (``weakref.finalize``) under a ``TorchDispatchMode``; buffers made before ``fn`` (weights,
+    stored bases) are not counted. (A replay of profiler memory events misses frees that happen
+    outside an op and so approaches the *total* allocation; it is not used.)
+    """
+    import weakref
+
     import torch
 
     if str(device).startswith("cuda"):
@@ -108,20 +115,31 @@ def peak_torch_memory(fn: Callable[[], Any], device: str = "cpu") -> int:
         fn()
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated() - base)
-    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    class _Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, b):
+            self.live -= b
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view and not func._schema.is_mutable:
+                for o in out if isinstance(out, (tuple, list)) else (out,):
+                    if isinstance(o, torch.Tensor) and o.layout == torch.strided:
+                        b = o.untyped_storage().nbytes()
+                        self.live += b
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(o, self._free, b)
+            return out
+
+    mode = _Live()
+    with mode:
         fn()
-    # replay allocation events in time order to find the peak of live bytes
-    events = []
-    for e in prof.events():
-        if e.cpu_memory_usage:
-            events.append((e.time_range.start, e.cpu_memory_usage))
-    live = peak = 0
-    for _, d in sorted(events):
-        live += d
-        peak = max(peak, live)
-    return int(peak)
+    return int(mode.peak)
 
 
 def peak_host_memory(fn: Callable[[], Any]) -> int:

@@ -12,10 +12,12 @@ For each shape (in m x out n: 768x3072, and 4096x11008 with --full) and density 
 
 Columns: median step time over interleaved repeats (spread), ratio to dense; bytes of
 gradient + optimizer state *measured* from the live tensors after a step (``.grad`` and
-``optimizer.state``), ratio to dense; peak bytes allocated during a step (torch profiler
-memory events, harness ``peak_torch_memory``); bytes of the stored basis columns; and
-the flop count of the step with the transforms as implemented (dense basis columns) and
-as a fast transform would cost (DCT/Hadamard ``O(n log n)`` per row).
+``optimizer.state``), ratio to dense; peak bytes of tensors alive at once during a step
+(harness ``peak_torch_memory``: dispatch-mode tracking with frees); bytes of the stored basis columns (none on
+a side that takes the fast-transform route); the route each side took (``route="auto"``:
+per side, the cheaper by flops of dense touched columns ``2 n |I|`` per row and the
+operator's fast transform ``U.flops``); and the flop count of the step on the route
+taken and with dense basis columns (the ``columns`` route) for comparison.
 """
 
 from __future__ import annotations
@@ -94,14 +96,16 @@ def _learned_index_set(n, m, k, seed=0):
     return _LeadingColumns(n, ni, seed), _LeadingColumns(m, nj, seed + 1), idx
 
 
-def _step_flops(layer, t, n, m, fast=False):
+def _step_flops(layer, t, n, m, columns=False):
+    """Flops of one step on the routes the layer took (``columns=True``: as if both sides
+    used dense basis columns)."""
     nnz = layer.nnz
     I, J = layer.rows_touched, layer.cols_touched
     core = 2 * t * n * m * 2  # forward X W0^T and dX = dY W0
-    if fast and layer.U.kind in ("dct", "hadamard"):
-        tr = t * (layer.U.flops + layer.V.flops) * 2  # full fast transforms of X and dY (fwd+bwd)
-    else:
-        tr = 2 * t * (n * I + m * J) * 2  # dY U_I, X V_J and the two back-projections
+    ru, rv = ("columns", "columns") if columns else layer.routes
+    # per side, fwd + bwd: X V_J and the back-projection through V_J^T (likewise dY U_I, P U_I^T)
+    tr = 2 * (t * layer.U.flops if ru == "transform" else 2 * t * n * I)
+    tr += 2 * (t * layer.V.flops if rv == "transform" else 2 * t * m * J)
     mid = (2 * t * I * J if layer._dense else 2 * t * nnz) * 3  # forward S, d delta, dX through S
     return core + tr + mid + 12 * nnz
 
@@ -157,19 +161,20 @@ def run(args):
         rows.append({"shape (in x out)": f"{m}x{n}", "t": t, "method": "dense", "nnz": n * m, "rows x cols touched": f"{n}x{m}",
                      "step ms": times["dense"]["median"] * 1e3, "spread": times["dense"]["spread"], "time / dense": 1.0,
                      "grad+state MB": d_bytes / 2**20, "state / dense": 1.0, "peak step MB": d_peak / 2**20,
-                     "basis MB": 0.0, "GFLOP/step": d_flops / 1e9, "GFLOP fast-transform": d_flops / 1e9})
+                     "route (U, V)": "", "basis MB": 0.0, "GFLOP/step": d_flops / 1e9, "GFLOP columns route": d_flops / 1e9})
         for b, (lay, opt) in layers.items():
             key = f"sparse/{b}"
             sb = _state_bytes([lay.delta], opt)
             peak = peak_torch_memory(cands[key])
-            basis_b = (lay.UI.numel() + lay.VJ.numel()) * lay.UI.element_size()
+            basis_b = sum(c.numel() * c.element_size() for c in (lay.UI, lay.VJ) if c is not None)
             rows.append({"shape (in x out)": f"{m}x{n}", "t": t, "method": key, "nnz": lay.nnz,
                          "rows x cols touched": f"{lay.rows_touched}x{lay.cols_touched}",
                          "step ms": times[key]["median"] * 1e3, "spread": times[key]["spread"],
                          "time / dense": times[key]["median"] / times["dense"]["median"],
                          "grad+state MB": sb / 2**20, "state / dense": sb / d_bytes, "peak step MB": peak / 2**20,
+                         "route (U, V)": "/".join(lay.routes),
                          "basis MB": basis_b / 2**20, "GFLOP/step": _step_flops(lay, t, n, m) / 1e9,
-                         "GFLOP fast-transform": _step_flops(lay, t, n, m, fast=True) / 1e9})
+                         "GFLOP columns route": _step_flops(lay, t, n, m, columns=True) / 1e9})
         # route check for the sampled product: GEMM on a filled block vs gather-reduce
         A = torch.randn(t, 256)
         B = torch.randn(t, 256)
@@ -181,8 +186,11 @@ def run(args):
                      "step ms": rt["sparse"]["median"] * 1e3, "time / dense": speed})
     notes = (f"density {args.density:g}, t = {t} tokens, float32, torch threads = {torch.get_num_threads()}. "
              "Targets (issue #5): grad+state <= 3% of dense; step time <= 1.1x dense. 'state / dense' is measured "
-             "from the live .grad and AdamW state tensors; 'peak step MB' from torch profiler memory events; "
-             "'basis MB' is the stored basis columns U_I, V_J (not gradient or optimizer state). The last row times "
+             "from the live .grad and AdamW state tensors; 'peak step MB' is the peak of simultaneously alive tensors "
+             "created in the step (dispatch-mode tracking with frees; excludes pre-made buffers such as 'basis MB'); "
+             "'basis MB' is the stored basis columns U_I, V_J (not gradient or optimizer state; none on a side that takes "
+             "the fast-transform route). 'GFLOP/step' counts the route taken, 'GFLOP columns route' the same step with "
+             "dense basis columns on both sides. The last row times "
              "the sampled product's two routes on a fully filled 256x256 block (ratio = gather time / GEMM time, "
              "the GEMM_SPEEDUP constant of the route choice).")
     import os

@@ -27,10 +27,11 @@ def _bases(kind, seed=0):
 
 def _oracle(lin, U, V, idx, delta, x, dy):
     """Dense reference: W = W0 + U S V^T, y = x W^T + b; G~ = U^T dy^T x V."""
+    n, m = lin.weight.shape
     Um, Vm = torch.from_numpy(U.matrix()), torch.from_numpy(V.matrix())
-    S = torch.zeros(N * M, dtype=torch.float64)
+    S = torch.zeros(n * m, dtype=torch.float64)
     S[torch.from_numpy(idx)] = delta
-    W = lin.weight.detach() + Um @ S.view(N, M) @ Vm.T
+    W = lin.weight.detach() + Um @ S.view(n, m) @ Vm.T
     y = x @ W.T + lin.bias.detach()
     Gt = Um.T @ (dy.T @ x) @ Vm
     return y, Gt.reshape(-1)[torch.from_numpy(idx)], dy @ W
@@ -63,6 +64,74 @@ def test_forward_and_sparse_gradient_match_dense(kind, pattern):
     assert_close(xg.grad, dx_ref, n=N + M, depth=3)
 
 
+@pytest.mark.parametrize("route", ["columns", "transform"])
+@pytest.mark.parametrize("kind, n, m", [("dct", 48, 20), ("dct", 64, 96), ("hadamard", 96, 64),
+                                        ("hadamard", 384, 24), ("hadamard", 32, 16)])
+def test_fast_transform_route_matches_dense(kind, n, m, route):
+    """Both routes agree with the dense oracle; 96 = 32*3 and 384 = 128*3 exercise Hadamard's
+    padding rule (H_p kron R_q), 32 x 16 the pure power-of-two case."""
+    torch.manual_seed(0)
+    lin = nn.Linear(m, n).double()
+    U, V = sg.basis(kind, n, 3), sg.basis(kind, m, 4)
+    idx = np.sort(np.random.default_rng(1).choice(n * m, max(8, n * m // 20), replace=False))
+    layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
+    assert layer.routes == (route, route)
+    assert (layer.UI is None) == (route == "transform") and (layer.VJ is None) == (route == "transform")
+    x = torch.randn(T, m, dtype=torch.float64)
+    assert torch.equal(layer(x), lin(x))  # the scattered zero update is an exact zero
+    with torch.no_grad():
+        layer.delta.normal_()
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    y_ref, g_ref, dx_ref = _oracle(lin, U, V, idx, layer.delta.detach(), x, dy)
+    assert_close(y.detach(), y_ref, n=n + m, depth=3)
+    assert_close(layer.delta.grad, g_ref, n=T * max(n, m), depth=3)
+    assert_close(xg.grad, dx_ref, n=n + m, depth=3)
+    Um, Vm = torch.from_numpy(U.matrix()), torch.from_numpy(V.matrix())
+    S = torch.zeros(n * m, dtype=torch.float64)
+    S[torch.from_numpy(idx)] = layer.delta.detach()
+    assert_close(layer.merged_weight(), lin.weight.detach() + Um @ S.view(n, m) @ Vm.T, n=n + m, depth=3)
+
+
+def test_route_choice_by_flops_and_validation():
+    lin = nn.Linear(M, N).double()
+    r = np.random.default_rng(0)
+    scattered = np.sort(r.choice(N * M, 200, replace=False))  # touches (nearly) all rows and cols
+    U, V = _bases("dct")
+    auto = SparseGradLinear.from_linear(lin, U, V, scattered)
+    # auto follows the flop comparison: fast transform iff U.flops < 2 n |I| (per side)
+    want_u = "transform" if U.flops < 2 * N * auto.rows_touched else "columns"
+    want_v = "transform" if V.flops < 2 * M * auto.cols_touched else "columns"
+    assert auto.routes == (want_u, want_v) and auto.routes[0] == "transform"
+    # one touched row and column: a single dense column is cheaper than a transform
+    one = SparseGradLinear.from_linear(lin, U, V, [0])
+    assert one.routes == ("columns", "columns")
+    Ul, Vl = _bases("learned")
+    assert SparseGradLinear.from_linear(lin, Ul, Vl, scattered).routes == ("columns", "columns")
+    Ur, Vr = _bases("random")
+    assert SparseGradLinear.from_linear(lin, Ur, Vr, scattered).routes == ("columns", "columns")
+    with pytest.raises(ValueError, match="fast-transform"):
+        SparseGradLinear.from_linear(lin, Ul, Vl, scattered, route="transform")
+    with pytest.raises(ValueError, match="route must be"):
+        SparseGradLinear.from_linear(lin, U, V, scattered, route="fft")
+
+
+def test_refresh_on_transform_route_keeps_function():
+    torch.manual_seed(0)
+    lin = nn.Linear(M, N).double()
+    U, V = _bases("hadamard")
+    layer = SparseGradLinear.from_linear(lin, U, V, np.arange(0, N * M, 7), route="transform")
+    with torch.no_grad():
+        layer.delta.normal_()
+    x = torch.randn(T, M, dtype=torch.float64)
+    before = layer(x).detach()
+    info = layer.refresh(np.arange(3, N * M, 11))
+    assert info["dropped"] > 0 and layer.routes == ("transform", "transform")
+    assert_close(layer(x).detach(), before, n=N + M, depth=4)
+
+
 def test_forward_exact_float32_batched_input():
     lin = nn.Linear(M, N)
     U, V = _bases("dct")
@@ -84,13 +153,14 @@ class _Log(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("kind", ["dct", "learned"])
-def test_no_dense_gradient_is_materialised(kind):
+@pytest.mark.parametrize("kind, route", [("dct", "columns"), ("dct", "transform"), ("hadamard", "transform"),
+                                         ("learned", "auto")])
+def test_no_dense_gradient_is_materialised(kind, route):
     torch.manual_seed(0)
     lin = nn.Linear(M, N).double()
     U, V = _bases(kind)
     idx = np.sort(np.random.default_rng(2).choice(N * M, 30, replace=False))
-    layer = SparseGradLinear.from_linear(lin, U, V, idx)
+    layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
     x = torch.randn(T, M, dtype=torch.float64, requires_grad=True)
     saved = []
 
@@ -102,7 +172,8 @@ def test_no_dense_gradient_is_materialised(kind):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), log:
         layer(x).sum().backward()
     # every tensor produced by any op in forward + backward is far smaller than n x m
-    # (the largest legitimate ones are x W^T (t, n) and the touched basis columns)
+    # (the largest legitimate ones are x W^T (t, n), the (t, n) scatter buffer of the
+    # transform route and the touched basis columns)
     big = [(f, s) for f, s in log.sizes if s >= N * M]
     assert not big, big
     # saved tensors are references to the layer's frozen buffers (weight, basis columns) or

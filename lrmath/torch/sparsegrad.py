@@ -7,10 +7,21 @@ state has exactly ``nnz`` entries. The effective weight is
 
     W = W_0 + U S(delta) V^T,            S(delta)[r_k, c_k] = delta_k            (paper eq. 1-2)
 
-with ``W_0`` the frozen original weight. Only the touched basis columns
-``U_I = U[:, I]`` and ``V_J = V[:, J]`` (``I``, ``J`` = distinct rows / cols of the index
-set) are stored and multiplied, so a basis whose selected energy sits in its leading
-vectors (the learned one) costs ``2 t (n |I| + m |J|)`` extra flops per product.
+with ``W_0`` the frozen original weight. Each side (``U`` and ``V``) takes one of two routes:
+
+* ``columns``: only the touched basis columns ``U_I = U[:, I]`` and ``V_J = V[:, J]``
+  (``I``, ``J`` = distinct rows / cols of the index set) are stored and multiplied, so a
+  basis whose selected energy sits in its leading vectors (the learned one) costs
+  ``2 t (n |I| + m |J|)`` extra flops per product;
+* ``transform``: for an operator with a fast transform (``lrmath.ops`` kinds ``dct``,
+  ``rdct``, ``hadamard``, ``butterfly``, ``identity``) nothing is stored;
+  ``X V_J = (X V)[:, J]`` is the transform of the rows of ``X`` followed by a gather, and
+  ``P U_I^T`` is ``P`` scattered into a ``(t, n)`` buffer at columns ``I`` followed by the
+  inverse transform -- ``t * U.flops`` instead of ``2 t n |I|`` (DCT/Hadamard index sets
+  touch nearly all rows and columns, where this is ~5x cheaper).
+
+``route="auto"`` (default) picks, per side, the cheaper by that flop comparison;
+``"columns"`` / ``"transform"`` force one (``"transform"`` needs a fast operator on both sides).
 
 Forward   ``Y = X W_0^T + b + ((X V_J) S^T) U_I^T``  (at ``delta = 0`` the output equals
           the original layer's exactly: the extra term is an exact zero).
@@ -36,12 +47,52 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import ops as _ops
 from ..errors import ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
 from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
 
-__all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE"]
+__all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
+
+#: Values of the ``route`` option of :class:`SparseGradLinear`.
+ROUTES = ("auto", "columns", "transform")
+#: ``lrmath.ops`` operator kinds applied by a fast transform (``haar`` is a dense product).
+FAST_KINDS = ("identity", "dct", "rdct", "hadamard", "butterfly")
+
+
+def _has_fast(Q) -> bool:
+    return isinstance(Q, _ops.OrthogonalOperator) and Q.kind in FAST_KINDS
+
+
+def _side_route(Q, touched: int, route: str, name: str) -> str:
+    """Route of one side: ``2 n |I|`` flops per row for the dense columns vs ``Q.flops``."""
+    if route == "columns":
+        return "columns"
+    if route == "transform":
+        if not _has_fast(Q):
+            raise ValueError(f"route='transform' needs a fast-transform basis for {name} "
+                             f"(ops kinds {FAST_KINDS}), got {getattr(Q, 'kind', type(Q).__name__)!r}")
+        return "transform"
+    return "transform" if _has_fast(Q) and Q.flops < 2 * Q.n * touched else "columns"
+
+
+def _to_sub(x, Q, cols, idx):
+    """``x Q[:, idx]`` (t, k) for rows ``x`` (t, N): a product with the stored columns, or the
+    full transform of the rows (``x Q = (Q^T x^T)^T``) and a gather."""
+    if cols is not None:
+        return x @ cols
+    return Q.apply_t(x, axis=1).index_select(1, idx)
+
+
+def _from_sub(p, Q, cols, idx, N):
+    """``p Q[:, idx]^T`` (t, N) for ``p`` (t, k): a product with the stored columns, or ``p``
+    scattered into a (t, N) buffer at columns ``idx`` and the inverse transform (``r -> r Q^T``)."""
+    if cols is not None:
+        return p @ cols.t()
+    buf = p.new_zeros(p.shape[0], N)
+    buf.index_copy_(1, idx, p)
+    return Q.apply(buf, axis=1)
 
 
 
@@ -69,10 +120,10 @@ def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.
 
 class _SparseGradFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, UI, VJ, ri, ci, crow, col, dense, layer):
+    def forward(ctx, x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, layer):
         y = torch.nn.functional.linear(x, weight, bias)
-        Z = x @ VJ  # (t, |J|)
-        nI, nJ = UI.shape[1], VJ.shape[1]
+        Z = _to_sub(x, layer.V, VJ, Jix)  # X V_J (t, |J|)
+        nI, nJ = Iix.numel(), Jix.numel()
         if dense:
             S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
             S[ri, ci] = delta
@@ -80,20 +131,21 @@ class _SparseGradFn(torch.autograd.Function):
         else:
             S = _csr(crow, col, delta, (nI, nJ))
             P = (S @ Z.t()).t()
-        y = y + P @ UI.t()
+        y = y + _from_sub(P, layer.U, UI, Iix, layer.n)
         ctx.dense = dense
         ctx.layer = layer
         ctx.has_bias = bias is not None
         probing = layer is not None and layer.probing
         ctx.probing = probing
-        ctx.save_for_backward(Z, weight, delta, UI, VJ, ri, ci, crow, col, x if probing else None)
+        ctx.save_for_backward(Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x if probing else None)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        Z, weight, delta, UI, VJ, ri, ci, crow, col, x = ctx.saved_tensors
-        nI, nJ = UI.shape[1], VJ.shape[1]
-        A = dy @ UI  # (t, |I|)
+        Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x = ctx.saved_tensors
+        layer = ctx.layer
+        nI, nJ = Iix.numel(), Jix.numel()
+        A = _to_sub(dy, layer.U, UI, Iix)  # dY U_I (t, |I|)
         g_delta = g_x = g_b = None
         if ctx.needs_input_grad[3]:
             if ctx.dense:
@@ -111,12 +163,12 @@ class _SparseGradFn(torch.autograd.Function):
             else:
                 S = _csr(crow, col, delta, (nI, nJ))
                 AS = (S.t() @ A.t()).t()
-            g_x = dy @ weight + AS @ VJ.t()
+            g_x = dy @ weight + _from_sub(AS, layer.V, VJ, Jix, layer.m)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             g_b = dy.sum(0)
         if ctx.probing and x is not None:
             ctx.layer._probe(dy.detach(), x.detach())
-        return g_x, None, g_b, g_delta, None, None, None, None, None, None, None, None
+        return g_x, None, g_b, g_delta, None, None, None, None, None, None, None, None, None, None
 
 
 class SparseGradLinear(nn.Module):
@@ -132,6 +184,11 @@ class SparseGradLinear(nn.Module):
         Sorted flat indices into ``(n, m)`` of the trainable entries of ``W~``.
     train_bias : bool
         Keep the bias trainable (default False: only ``delta`` trains).
+    route : {"auto", "columns", "transform"}
+        How ``U_I`` / ``V_J`` are applied (module docstring): ``"auto"`` picks per side the
+        cheaper of dense touched columns (``2 n |I|`` flops per row) and the basis's fast
+        transform (``U.flops``); ``"columns"`` always stores the columns; ``"transform"``
+        always transforms (ValueError unless both bases are fast ``lrmath.ops`` operators).
 
     Attributes
     ----------
@@ -142,8 +199,11 @@ class SparseGradLinear(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, U, V, indices, *, train_bias: bool = False,
-                 selector: IndexSelector | None = None):
+                 selector: IndexSelector | None = None, route: str = "auto"):
         super().__init__()
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        self.route = route
         if weight.dim() != 2:
             raise ShapeError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
         if not weight.dtype.is_floating_point:
@@ -176,12 +236,19 @@ class SparseGradLinear(nn.Module):
     def _set_structure(self, idx: np.ndarray) -> None:
         dev, dt = self.weight.device, self.weight.dtype
         I, J, ri, ci, dense = _structure(idx, self.m)
+        route_u = _side_route(self.U, I.size, self.route, "U")
+        route_v = _side_route(self.V, J.size, self.route, "V")
         self.indices = idx
         self._dense = bool(dense)
-        self.register_buffer("UI", columns(self.U, I, ref=self.weight[:1, :1]).to(dev), persistent=False)
-        self.register_buffer("VJ", columns(self.V, J, ref=self.weight[:1, :1]).to(dev), persistent=False)
-        self.UI = self.UI.to(dt).contiguous()
-        self.VJ = self.VJ.to(dt).contiguous()
+        self.routes = (route_u, route_v)
+        ref = self.weight[:1, :1]
+        # transform sides store no columns (buffer None); columns are built only where used
+        UI = columns(self.U, I, ref=ref).to(dev).to(dt).contiguous() if route_u == "columns" else None
+        VJ = columns(self.V, J, ref=ref).to(dev).to(dt).contiguous() if route_v == "columns" else None
+        self.register_buffer("UI", UI, persistent=False)
+        self.register_buffer("VJ", VJ, persistent=False)
+        self.register_buffer("Iix", torch.from_numpy(I.astype(np.int64)).to(dev), persistent=False)
+        self.register_buffer("Jix", torch.from_numpy(J.astype(np.int64)).to(dev), persistent=False)
         self.register_buffer("ri", torch.from_numpy(ri).to(dev), persistent=False)
         self.register_buffer("ci", torch.from_numpy(ci).to(dev), persistent=False)
         crow = np.zeros(I.size + 1, dtype=np.int64)
@@ -208,8 +275,8 @@ class SparseGradLinear(nn.Module):
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.m} (shape {tuple(x.shape)})")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.m)
-        y = _SparseGradFn.apply(x2, self.weight, self.bias, self.delta, self.UI, self.VJ, self.ri, self.ci,
-                                self.crow, self.col, self._dense, self)
+        y = _SparseGradFn.apply(x2, self.weight, self.bias, self.delta, self.UI, self.VJ, self.Iix, self.Jix,
+                                self.ri, self.ci, self.crow, self.col, self._dense, self)
         return y.reshape(*lead, self.n)
 
     # -- statistics and refresh ----------------------------------------------------------
@@ -221,12 +288,18 @@ class SparseGradLinear(nn.Module):
         idx, val = topk_product(A, B, min(self.selector.capacity, self.n * self.m))
         self.selector.update(indices=idx, values=val)
 
+    def _update_matrix(self, S: torch.Tensor) -> torch.Tensor:
+        """``U_I S V_J^T`` (n, m) for a block ``S (|I|, |J|)`` -- a dense (n, m) result, used only
+        off the training step (export, refresh), through the same per-side routes."""
+        SV = _from_sub(S, self.V, self.VJ, self.Jix, self.m)  # (|I|, m)
+        return _from_sub(SV.t(), self.U, self.UI, self.Iix, self.n).t()  # ((S V_J^T)^T U_I^T)^T
+
     def merged_weight(self) -> torch.Tensor:
         """The effective dense weight ``W_0 + U S(delta) V^T`` (n, m), for export/inspection."""
         with torch.no_grad():
             S = torch.zeros(self.rows_touched, self.cols_touched, dtype=self.delta.dtype, device=self.delta.device)
             S[self.ri, self.ci] = self.delta
-            return self.weight + (self.UI @ S) @ self.VJ.t()
+            return self.weight + self._update_matrix(S)
 
     @torch.no_grad()
     def refresh(self, indices=None, *, optimizer: torch.optim.Optimizer | None = None, U=None, V=None) -> dict:
@@ -255,7 +328,7 @@ class SparseGradLinear(nn.Module):
             S = torch.zeros(self.rows_touched, self.cols_touched, dtype=self.delta.dtype, device=self.delta.device)
             dm = torch.from_numpy(drop_mask).to(self.delta.device)
             S[self.ri[dm], self.ci[dm]] = self.delta[dm]
-            self.weight.addmm_(self.UI @ S, self.VJ.t())
+            self.weight.add_(self._update_matrix(S))
         _, pos_old, pos_new = np.intersect1d(old, new, assume_unique=True, return_indices=True)
         if new_basis:
             pos_old = pos_new = np.zeros(0, dtype=np.int64)
@@ -284,7 +357,8 @@ class SparseGradLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"out={self.n}, in={self.m}, nnz={self.nnz} ({self.nnz / (self.n * self.m):.2%}), "
                 f"basis=({getattr(self.U, 'kind', '?')}, {getattr(self.V, 'kind', '?')}), "
-                f"touched rows={self.rows_touched}, cols={self.cols_touched}, route={'dense-block' if self._dense else 'csr'}")
+                f"touched rows={self.rows_touched}, cols={self.cols_touched}, route(U, V)={self.routes}, "
+                f"S={'dense-block' if self._dense else 'csr'}")
 
 
 def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> bool:
@@ -294,7 +368,7 @@ def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> b
 def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learned", *,
                    patterns: Sequence[str] = DEFAULT_PATTERNS, exclude: Sequence[str] = DEFAULT_EXCLUDE, warmup: Callable[[nn.Module], torch.Tensor] | None = None,
                    steps: int = 8, grads: Mapping[str, Iterable[torch.Tensor]] | None = None,
-                   normalize: bool = True, decay: float = 0.97, seed: int = 0) -> dict[str, SparseGradLinear]:
+                   normalize: bool = True, decay: float = 0.97, seed: int = 0, route: str = "auto") -> dict[str, SparseGradLinear]:
     """Replace the MLP linears of ``model`` by :class:`SparseGradLinear` layers (in place).
 
     The basis (``'learned'``, ``'dct'``, ``'hadamard'``, ``'random'``, ``'original'``) and the
@@ -304,6 +378,7 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
     attention): either ``warmup(model) -> loss`` called ``steps`` times
     (dense gradients, no optimizer step), or precomputed ``grads[name]`` lists, e.g. from
     :func:`lrmath.data.capture_linears`. Every other parameter of the model is frozen.
+    ``route`` is passed to each :class:`SparseGradLinear`.
 
     Returns ``{module name: SparseGradLinear}``.
     """
@@ -359,7 +434,7 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
         for g in gl:
             sel.update(U.apply_t(V.apply_t(g, axis=1), axis=0))
         idx = sel.select()
-        layer = SparseGradLinear.from_linear(lin, U, V, idx)
+        layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
         layer.selector = IndexSelector((n, m), k=idx.size, decay=decay)
         setattr(parent, attr, layer)
         out[name] = layer
