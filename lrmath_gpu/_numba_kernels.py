@@ -91,6 +91,23 @@ def rng_fill(key, offset, n, mode, high, out_f, out_u, out_i):
         k += step
 
 # ------------------------------------------------------------------ randomized Walsh-Hadamard
+@dev
+def block_fwht(buf, N):
+    """In-place unnormalised FWHT of ``buf[:N]`` in shared memory by the whole block."""
+    h = 1
+    while h < N:
+        t = cuda.threadIdx.x
+        while t < N // 2:
+            a = (t // h) * 2 * h + (t % h)
+            p = buf[a]
+            q = buf[a + h]
+            buf[a] = p + q
+            buf[a + h] = p - q
+            t += cuda.blockDim.x
+        cuda.syncthreads()
+        h *= 2
+
+
 @cuda.jit
 def fwht_shared(y, x, rows, p, q, chunk, key, use_signs, signs_at_load, scale):
     buf = cuda.shared.array(FWHT_SHARED, float32)
@@ -112,18 +129,7 @@ def fwht_shared(y, x, rows, p, q, chunk, key, use_signs, signs_at_load, scale):
         buf[t] = v
         t += cuda.blockDim.x
     cuda.syncthreads()
-    h = 1
-    while h < chunk:
-        t = cuda.threadIdx.x
-        while t < chunk // 2:
-            a = (t // h) * 2 * h + (t % h)
-            u = buf[a]
-            w = buf[a + h]
-            buf[a] = u + w
-            buf[a + h] = u - w
-            t += cuda.blockDim.x
-        cuda.syncthreads()
-        h *= 2
+    block_fwht(buf, chunk)
     t = cuda.threadIdx.x
     while t < chunk:
         pos = (ci * chunk + t) * q + j
@@ -433,20 +439,6 @@ def kashin_matmul(x, xt, t, in_pad, cu, cv, su, sv, tu, tv, bu, bv, N, out, y):
         if tt < t:
             y[tt * out + r] = part[tid, 0]
 
-@dev
-def block_fwht(buf, N):
-    h = 1
-    while h < N:
-        t = cuda.threadIdx.x
-        while t < N // 2:
-            a = (t // h) * 2 * h + (t % h)
-            p = buf[a]
-            q = buf[a + h]
-            buf[a] = p + q
-            buf[a + h] = p - q
-            t += cuda.blockDim.x
-        cuda.syncthreads()
-        h *= 2
 
 @cuda.jit
 def kashin_step(r, u, v, rn2, nblocks, N, key, clip):

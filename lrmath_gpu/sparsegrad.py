@@ -20,8 +20,7 @@ from lrmath import ops
 from lrmath.backend import check_array, check_positive_int
 from lrmath.errors import ShapeError
 from lrmath.sparsegrad import LearnedBasis, basis, columns, route_cost
-from lrmath.sparsegrad.select import check_indices
-from lrmath.sparsegrad.sddmm import _check_sampled_args
+from lrmath.sparsegrad.sddmm import _check_gradient_args, _check_sampled_args
 
 from . import kernels as K
 from ._device import resolve, to_caller, to_work, work_xp
@@ -90,13 +89,7 @@ def sparse_gradient(dY, X, U, V, idx, *, method: str = "auto"):
 
     ``dY (t, n)``, ``X (t, m)``; ``U``, ``V`` bases or names; returns ``(nnz,)`` like ``dY``.
     """
-    check_array(dY, "dY", ndim=2)
-    check_array(X, "X", ndim=2)
-    if dY.shape[0] != X.shape[0]:
-        raise ShapeError(f"dY {tuple(dY.shape)} and X {tuple(X.shape)} must have the same number of rows")
-    n, m = int(dY.shape[1]), int(X.shape[1])
-    U, V = basis(U, n), basis(V, m)
-    idx = check_indices(idx, (n, m))
+    n, m, U, V, idx = _check_gradient_args(dY, X, U, V, idx)
     be = resolve(None)
     xp = work_xp(be)
     r, c = idx // m, idx % m

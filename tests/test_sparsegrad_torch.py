@@ -50,8 +50,14 @@ def test_forward_and_sparse_gradient_match_dense(kind, pattern):
         idx = np.array([i * M + j for i in range(4) for j in range(5)])
     layer = SparseGradLinear.from_linear(lin, U, V, idx)
     assert layer._dense == (pattern == "block")
-    x = torch.randn(T, M, dtype=torch.float64)
-    assert torch.equal(layer(x), lin(x))  # exact at delta = 0
+    _check_layer_against_oracle(layer, lin, U, V, idx, N, M)
+
+
+def _check_layer_against_oracle(layer, lin, U, V, idx, n, m):
+    """Forward is exact at delta = 0 (the zero update is an exact zero); after random delta the
+    output, delta gradient and input gradient equal the independent dense oracle."""
+    x = torch.randn(T, m, dtype=torch.float64)
+    assert torch.equal(layer(x), lin(x))
     with torch.no_grad():
         layer.delta.normal_()
     xg = x.clone().requires_grad_(True)
@@ -59,9 +65,9 @@ def test_forward_and_sparse_gradient_match_dense(kind, pattern):
     dy = torch.randn_like(y)
     y.backward(dy)
     y_ref, g_ref, dx_ref = _oracle(lin, U, V, idx, layer.delta.detach(), x, dy)
-    assert_close(y.detach(), y_ref, n=N + M, depth=3)
-    assert_close(layer.delta.grad, g_ref, n=T * max(N, M), depth=3)
-    assert_close(xg.grad, dx_ref, n=N + M, depth=3)
+    assert_close(y.detach(), y_ref, n=n + m, depth=3)
+    assert_close(layer.delta.grad, g_ref, n=T * max(n, m), depth=3)
+    assert_close(xg.grad, dx_ref, n=n + m, depth=3)
 
 
 @pytest.mark.parametrize("route", ["columns", "transform"])
@@ -77,18 +83,7 @@ def test_fast_transform_route_matches_dense(kind, n, m, route):
     layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
     assert layer.routes == (route, route)
     assert (layer.UI is None) == (route == "transform") and (layer.VJ is None) == (route == "transform")
-    x = torch.randn(T, m, dtype=torch.float64)
-    assert torch.equal(layer(x), lin(x))  # the scattered zero update is an exact zero
-    with torch.no_grad():
-        layer.delta.normal_()
-    xg = x.clone().requires_grad_(True)
-    y = layer(xg)
-    dy = torch.randn_like(y)
-    y.backward(dy)
-    y_ref, g_ref, dx_ref = _oracle(lin, U, V, idx, layer.delta.detach(), x, dy)
-    assert_close(y.detach(), y_ref, n=n + m, depth=3)
-    assert_close(layer.delta.grad, g_ref, n=T * max(n, m), depth=3)
-    assert_close(xg.grad, dx_ref, n=n + m, depth=3)
+    _check_layer_against_oracle(layer, lin, U, V, idx, n, m)
     Um, Vm = torch.from_numpy(U.matrix()), torch.from_numpy(V.matrix())
     S = torch.zeros(n * m, dtype=torch.float64)
     S[torch.from_numpy(idx)] = layer.delta.detach()

@@ -149,6 +149,20 @@ def _restricted(Q, Y, cols_needed: np.ndarray):
     return full[:, cols_needed] if is_numpy(full) else xp.take(full, like(cols_needed, full), axis=1)
 
 
+
+def _check_gradient_args(dY, X, U, V, idx):
+    """Validate :func:`sparse_gradient`'s arguments (shared with the GPU mirror).
+
+    Returns ``(n, m, U, V, idx)`` with the bases resolved and ``idx`` checked against ``(n, m)``.
+    """
+    check_array(dY, "dY", ndim=2)
+    check_array(X, "X", ndim=2)
+    if dY.shape[0] != X.shape[0]:
+        raise ShapeError(f"dY {tuple(dY.shape)} and X {tuple(X.shape)} must have the same number of rows")
+    n, m = int(dY.shape[1]), int(X.shape[1])
+    U, V = basis(U, n), basis(V, m)
+    return n, m, U, V, check_indices(idx, (n, m))
+
 def sparse_gradient(dY, X, U, V, idx, *, method: str = "auto"):
     """Transformed weight gradient ``G~ = U^T (dY^T X) V`` at flat indices ``idx``, never forming
     the dense ``(n, m)`` gradient (paper eq. 2 evaluated at the index set).
@@ -168,13 +182,7 @@ def sparse_gradient(dY, X, U, V, idx, *, method: str = "auto"):
     -------
     array (nnz,)
     """
-    check_array(dY, "dY", ndim=2)
-    check_array(X, "X", ndim=2)
-    if dY.shape[0] != X.shape[0]:
-        raise ShapeError(f"dY {tuple(dY.shape)} and X {tuple(X.shape)} must have the same number of rows")
-    n, m = int(dY.shape[1]), int(X.shape[1])
-    U, V = basis(U, n), basis(V, m)
-    idx = check_indices(idx, (n, m))
+    n, m, U, V, idx = _check_gradient_args(dY, X, U, V, idx)
     r, c = _split(idx, m)
     I, ri = np.unique(r, return_inverse=True)
     J, ci = np.unique(c, return_inverse=True)
