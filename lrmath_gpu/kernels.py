@@ -64,6 +64,16 @@ _STREAM_QFACTOR = 4  # lrmath.ops.STREAM_QFACTOR
 FWHT_SHARED = 4096
 
 
+
+def _chain_dims(A, B) -> tuple[int, int, int]:
+    """``(m, k, n)`` of 2-D ``A (m, k)`` and ``B (k, n)``; :class:`ShapeError` if they do not chain."""
+    check_array(A, "A", ndim=2, nonempty=False)
+    check_array(B, "B", ndim=2, nonempty=False)
+    m, k = (int(v) for v in A.shape)
+    if int(B.shape[0]) != k:
+        raise ShapeError(f"A {tuple(A.shape)} and B {tuple(B.shape)} do not chain")
+    return m, k, int(B.shape[1])
+
 def _u64(v) -> np.uint64:
     return np.uint64(int(v))
 
@@ -358,12 +368,7 @@ def sddmm(A, B, rows, cols, *, backend: str | None = None, slab: int | None = No
     -------
     array, shape (nnz,), ``A``'s kind and dtype.
     """
-    check_array(A, "A", ndim=2, nonempty=False)
-    check_array(B, "B", ndim=2, nonempty=False)
-    m, k = (int(s) for s in A.shape)
-    if int(B.shape[0]) != k:
-        raise ShapeError(f"A {tuple(A.shape)} and B {tuple(B.shape)} do not chain")
-    n = int(B.shape[1])
+    m, k, n = _chain_dims(A, B)
     be = resolve(backend)
     xp = work_xp(be)
     r = _index_array(xp, rows, "rows", m)
@@ -561,12 +566,7 @@ def crs_gather(A, B, idx, weights, *, backend: str | None = None):
     -------
     (As, Bs) of shapes (m, c) and (c, p), the caller's kind.
     """
-    check_array(A, "A", ndim=2, nonempty=False)
-    check_array(B, "B", ndim=2, nonempty=False)
-    m, n = (int(v) for v in A.shape)
-    if int(B.shape[0]) != n:
-        raise ShapeError(f"A {tuple(A.shape)} and B {tuple(B.shape)} do not chain")
-    p = int(B.shape[1])
+    m, n, p = _chain_dims(A, B)
     be = resolve(backend)
     xp = work_xp(be)
     I = _index_array(xp, idx, "idx", n)
