@@ -1,7 +1,7 @@
 """Loading the CUDA C++ sources into CuPy (NVRTC).
 
 :func:`source` returns exactly the text CuPy compiles for a ``.cu`` file: the counter-RNG
-device functions of :data:`lrmath.rng.CUDA_SOURCE` followed by the file. The test suite
+device functions of :data:`lrmath.rng.CUDA_SOURCE`, then ``_cuda/common.cuh``, then the file. The test suite
 compiles every such text with ``nvcc -arch=sm_90 -cubin``.
 """
 
@@ -20,7 +20,7 @@ def cuda_files() -> list[str]:
 
 def source(cuda_file: str) -> str:
     """Full CUDA C++ source CuPy's ``RawModule`` gets for ``cuda_file``."""
-    return CUDA_SOURCE + "\n" + (CUDA_DIR / cuda_file).read_text()
+    return CUDA_SOURCE + "\n" + (CUDA_DIR / "common.cuh").read_text() + "\n" + (CUDA_DIR / cuda_file).read_text()
 
 
 @lru_cache(maxsize=None)

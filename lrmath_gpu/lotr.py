@@ -24,22 +24,28 @@ from ._device import resolve, to_work, work_xp
 __all__ = ["forward", "backward"]
 
 
+
+def _dims(X, A, G, B, validate: bool):
+    """``(L, ra, rb, m, n, shared)`` of the chain ``X A G_l B^T``; :class:`ShapeError` if it does not chain."""
+    if validate:
+        check_array(X, "X", ndim=(2, 3))
+        check_array(A, "A", ndim=2)
+        check_array(G, "G", ndim=3)
+        check_array(B, "B", ndim=2)
+    L, ra, rb = (int(v) for v in G.shape)
+    m, n = int(A.shape[0]), int(B.shape[0])
+    shared = len(X.shape) == 2
+    if int(X.shape[-1]) != m or int(A.shape[1]) != ra or int(B.shape[1]) != rb or (not shared and int(X.shape[0]) != L):
+        raise ShapeError(f"shapes do not chain: X {tuple(X.shape)}, A {tuple(A.shape)}, G {tuple(G.shape)}, B {tuple(B.shape)}")
+    return L, ra, rb, m, n, shared
+
 def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan=None, matmul=None, return_saved: bool = False,
             validate: bool = True):
     """``Y (L, t, n)`` for ``X (L, t, m)`` or shared ``(t, m)``, ``A (m, ra)``, ``G (L, ra, rb)``, ``B (n, rb)``."""
     if return_saved:
         raise NotImplementedError("lrmath_gpu.lotr.forward does not keep backward intermediates; "
                                   "use lrmath.lotr.forward on CuPy arrays for training")
-    if validate:
-        check_array(X, "X", ndim=(2, 3))
-        check_array(A, "A", ndim=2)
-        check_array(G, "G", ndim=3)
-        check_array(B, "B", ndim=2)
-    L, ra, rb = (int(s) for s in G.shape)
-    m, n = int(A.shape[0]), int(B.shape[0])
-    shared = len(X.shape) == 2
-    if int(X.shape[-1]) != m or int(A.shape[1]) != ra or int(B.shape[1]) != rb or (not shared and int(X.shape[0]) != L):
-        raise ShapeError(f"shapes do not chain: X {tuple(X.shape)}, A {tuple(A.shape)}, G {tuple(G.shape)}, B {tuple(B.shape)}")
+    L, ra, rb, m, n, shared = _dims(X, A, G, B, validate)
     if W is not None and tuple(int(s) for s in W.shape) != (L, m, n):
         raise ShapeError(f"W must have shape {(L, m, n)}, got {tuple(W.shape)}")
     be = resolve(None)
@@ -62,15 +68,9 @@ def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan=None, saved=Non
     ``saved`` and ``matmul`` are accepted for signature parity and ignored."""
     if validate:
         check_array(dY, "dY", ndim=3)
-        check_array(X, "X", ndim=(2, 3))
-        check_array(A, "A", ndim=2)
-        check_array(G, "G", ndim=3)
-        check_array(B, "B", ndim=2)
-    L, ra, rb = (int(s_) for s_ in G.shape)
-    m, n = int(A.shape[0]), int(B.shape[0])
-    shared = len(X.shape) == 2
+    L, ra, rb, m, n, shared = _dims(X, A, G, B, validate)
     t = int(X.shape[-2])
-    if tuple(int(v) for v in dY.shape) != (L, t, n) or int(X.shape[-1]) != m or (not shared and int(X.shape[0]) != L):
+    if tuple(int(v) for v in dY.shape) != (L, t, n):
         raise ShapeError(f"shapes do not chain: dY {tuple(dY.shape)}, X {tuple(X.shape)}, A {tuple(A.shape)}, "
                          f"G {tuple(G.shape)}, B {tuple(B.shape)}")
     be = resolve(None)

@@ -30,15 +30,7 @@ extern "C" __global__ void lr_fwht_shared(float* y, const float* x, long long ro
         buf[t] = v;
     }
     __syncthreads();
-    for (int h = 1; h < chunk; h <<= 1) {
-        for (int t = threadIdx.x; t < chunk / 2; t += blockDim.x) {
-            int a = (t / h) * 2 * h + (t % h);
-            float u = buf[a], w = buf[a + h];
-            buf[a] = u + w;
-            buf[a + h] = u - w;
-        }
-        __syncthreads();
-    }
+    lr_block_fwht(buf, chunk);
     for (int t = threadIdx.x; t < chunk; t += blockDim.x) {
         long long pos = (long long)(ci * chunk + t) * q + j;
         float v = buf[t] * scale;

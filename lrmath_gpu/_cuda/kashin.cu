@@ -86,17 +86,6 @@ extern "C" __global__ void lr_kashin_matmul(const float* x, const float* xt, lon
 // r, u, v are read once and written once per iteration; both transforms run in shared memory.
 #define LR_KS_MAXN 4096
 #define LR_KS_MAXT 1024
-__device__ void lr_block_fwht(float* buf, int N) {
-    for (int h = 1; h < N; h <<= 1) {
-        for (int t = threadIdx.x; t < N / 2; t += blockDim.x) {
-            int a = (t / h) * 2 * h + (t % h);
-            float p = buf[a], q = buf[a + h];
-            buf[a] = p + q;
-            buf[a + h] = p - q;
-        }
-        __syncthreads();
-    }
-}
 extern "C" __global__ void lr_kashin_step(float* r, float* u, float* v, float* rn2, long long nblocks, int N,
                                           unsigned long long key, float clip) {
     __shared__ float buf[LR_KS_MAXN];
