@@ -30,7 +30,7 @@ Tucker-2 approximation.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, List, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import lotr as _lotr
 from ..errors import RankError, ShapeError
+from ._compile import constant, handle, is_compiling, lookup
 
 __all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
 
@@ -49,29 +50,112 @@ def _orthonormal(seed: int, stream: int, rows: int, cols: int) -> np.ndarray:
     return q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
 
 
+def _lotr_forward(x2, A, Gl, B, scale, plan):
+    """``(Y (t, out), keys, saved tensors)`` of one layer's planned branch."""
+    Y, saved = _lotr.forward(x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, return_saved=True,
+                             validate=False)
+    # memo entries are key -> (tensor, orientation flag); tensors go through save_for_backward
+    items = [("layers", k, v) for k, v in saved["layers"][0].items()] + [("shared", k, v) for k, v in saved["shared"].items()]
+    return Y[0], [(where, k, flag) for where, k, (_, flag) in items], [v for _, _, (v, _) in items]
+
+
+def _lotr_backward(dy, x2, A, Gl, B, keys, vals, scale, plan):
+    saved = {"layers": [{}], "shared": {}}
+    for (where, k, flag), v in zip(keys, vals):
+        (saved["layers"][0] if where == "layers" else saved["shared"])[k] = (v, flag)
+    g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, saved=saved,
+                       validate=False)
+    return g.dX[0], g.dA, g.dG[0], g.dB
+
+
 class _PlannedLoTR(torch.autograd.Function):
     """One layer's branch ``s x A G_l B^T`` with the planned forward and backward orders."""
 
     @staticmethod
     def forward(ctx, x2, A, Gl, B, scale, plan):
-        X, G = x2.unsqueeze(0), Gl.unsqueeze(0)
-        Y, saved = _lotr.forward(X, A, G, B, scale=scale, plan=plan, return_saved=True, validate=False)
-        # memo entries are key -> (tensor, orientation flag); tensors go through save_for_backward
-        items = [("layers", k, v) for k, v in saved["layers"][0].items()] + [("shared", k, v) for k, v in saved["shared"].items()]
-        ctx.keys = [(where, k, flag) for where, k, (_, flag) in items]
-        ctx.scale, ctx.plan = scale, plan
-        ctx.save_for_backward(x2, A, Gl, B, *[v for _, _, (v, _) in items])
-        return Y[0]
+        Y, keys, vals = _lotr_forward(x2, A, Gl, B, scale, plan)
+        ctx.keys, ctx.scale, ctx.plan = keys, scale, plan
+        ctx.save_for_backward(x2, A, Gl, B, *vals)
+        return Y
 
     @staticmethod
     def backward(ctx, dy):
         x2, A, Gl, B, *vals = ctx.saved_tensors
-        saved = {"layers": [{}], "shared": {}}
-        for (where, k, flag), v in zip(ctx.keys, vals):
-            (saved["layers"][0] if where == "layers" else saved["shared"])[k] = (v, flag)
-        g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=ctx.scale, plan=ctx.plan,
-                           saved=saved, validate=False)
-        return g.dX[0], g.dA, g.dG[0], g.dB, None, None
+        return _lotr_backward(dy, x2, A, Gl, B, ctx.keys, vals, ctx.scale, ctx.plan) + (None, None)
+
+
+# ------------------------------------------------------------------ torch.compile path
+# The plan travels as an int handle; the keys of its saved products are recorded per plan
+# the first time the body runs (on fake tensors while tracing), for setup_context.
+_KEYS: dict = {}
+
+
+@torch.library.custom_op("lrmath::lotr_forward", mutates_args=())
+def _op_forward(x2: torch.Tensor, A: torch.Tensor, Gl: torch.Tensor, B: torch.Tensor, scale: float,
+                plan: int) -> List[torch.Tensor]:
+    Y, keys, vals = _lotr_forward(x2, A, Gl, B, scale, lookup(plan))
+    _KEYS[plan] = keys
+    seen = {v.untyped_storage().data_ptr() for v in (x2, A, Gl, B)}
+    outs = []
+    for v in (Y, *vals):  # outputs may not alias inputs or each other
+        if v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        outs.append(v)
+    return outs
+
+
+@_op_forward.register_fake
+def _(x2, A, Gl, B, scale, plan):
+    Y, keys, vals = _lotr_forward(x2, A, Gl, B, scale, lookup(plan))
+    _KEYS[plan] = keys
+    return [Y.clone()] + [v.clone() for v in vals]
+
+
+@torch.library.custom_op("lrmath::lotr_backward", mutates_args=())
+def _op_backward(dy: torch.Tensor, x2: torch.Tensor, A: torch.Tensor, Gl: torch.Tensor, B: torch.Tensor,
+                 vals: List[torch.Tensor], scale: float, plan: int) -> List[torch.Tensor]:
+    g = _lotr_backward(dy, x2, A, Gl, B, _KEYS[plan], vals, scale, lookup(plan))
+    return [v.contiguous().clone() for v in g]
+
+
+@_op_backward.register_fake
+def _(dy, x2, A, Gl, B, vals, scale, plan):
+    return [x2.new_empty(x2.shape), A.new_empty(A.shape), Gl.new_empty(Gl.shape), B.new_empty(B.shape)]
+
+
+def _op_setup(ctx, inputs, output):
+    x2, A, Gl, B, scale, plan = inputs
+    ctx.save_for_backward(x2, A, Gl, B, *output[1:])
+    ctx.meta = (scale, plan)
+
+
+def _op_grad(ctx, grads):
+    x2, A, Gl, B, *vals = ctx.saved_tensors
+    scale, plan = ctx.meta
+    return tuple(_op_backward(grads[0], x2, A, Gl, B, vals, scale, plan)) + (None, None)
+
+
+_op_forward.register_autograd(_op_grad, setup_context=_op_setup)
+
+
+def _choose_plan(t, inn, out, ra, rb, planned):
+    """The plan for ``t`` tokens, or None where plain autograd is used ("auto" and no gain)."""
+    p = _lotr.plan(t, inn, out, ra, 1, r_b=rb)
+    if planned == "auto":
+        from ..lotr.adapter import AUTOGRAD_ORDERS
+
+        ref = _lotr.plan(t, inn, out, ra, 1, r_b=rb, orders=AUTOGRAD_ORDERS)
+        if p.flops >= 0.9 * ref.flops:
+            return None
+    return p
+
+
+@constant
+def _plan_handle(t, inn, out, ra, rb, planned):
+    """Handle of :func:`_choose_plan`'s plan, or -1 for plain autograd."""
+    p = _choose_plan(t, inn, out, ra, rb, planned)
+    return -1 if p is None else handle(p)
 
 
 class LoTR(nn.Module):
@@ -174,7 +258,15 @@ class LoTR(nn.Module):
         A, B, Gl = self.A, self.B, self.G[layer]
         if x2.dtype != A.dtype:
             x2 = x2.to(A.dtype)
-        p = self._plan(int(x2.shape[0])) if self.planned and x2.shape[0] > 0 else None
+        if is_compiling():
+            # the plan depends on the token count: it is fixed per traced shape (a guard)
+            h = _plan_handle(int(x2.shape[0]), self.in_features, self.out_features, *self.ranks, self.planned) \
+                if self.planned and x2.shape[0] > 0 else -1
+            if h >= 0:
+                return _op_forward(x2, A, Gl, B, self.scale, h)[0].reshape(*lead, self.out_features)
+            p = None
+        else:
+            p = self._plan(int(x2.shape[0])) if self.planned and x2.shape[0] > 0 else None
         if p is not None:
             y = _PlannedLoTR.apply(x2, A, Gl, B, self.scale, p)
         else:
@@ -184,15 +276,7 @@ class LoTR(nn.Module):
 
     def _plan(self, t: int):
         """The plan for ``t`` tokens, or None where plain autograd is used ("auto" and no gain)."""
-        ra, rb = self.ranks
-        p = _lotr.plan(t, self.in_features, self.out_features, ra, 1, r_b=rb)
-        if self.planned == "auto":
-            from ..lotr.adapter import AUTOGRAD_ORDERS
-
-            ref = _lotr.plan(t, self.in_features, self.out_features, ra, 1, r_b=rb, orders=AUTOGRAD_ORDERS)
-            if p.flops >= 0.9 * ref.flops:
-                return None
-        return p
+        return _choose_plan(t, self.in_features, self.out_features, *self.ranks, self.planned)
 
     def delta_weight(self, layer: int | None = None) -> torch.Tensor:
         """``s B G_l^T A^T`` (out, in) for one layer, or (L, out, in) for all."""

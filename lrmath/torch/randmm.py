@@ -29,12 +29,14 @@ independent sketches while a run stays reproducible from ``seed``.
 
 from __future__ import annotations
 
+from typing import List, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ShapeError
 from ..randmm.estimators import DATA_INDEPENDENT, check_k, make_sketch
+from ._compile import is_compiling
 
 __all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
 
@@ -48,53 +50,140 @@ def _sketch_size(t: int, ratio: float | None, k: int | None) -> int:
     return max(1, min(t, int(round(ratio * t))))
 
 
+def _opts(cfg) -> dict:
+    opts = {}
+    if cfg["kind"] in ("srht", "srdct"):
+        opts["replace"] = cfg["replace"]
+    if cfg["kind"] in ("crs", "wta"):
+        opts["probs"] = cfg["probs"]
+    if cfg["kind"] == "crs":
+        opts["replace"] = cfg["replace"]
+    if cfg["kind"] == "wta":
+        opts["deterministic"] = cfg["deterministic"]
+    return opts
+
+
+def _regenerates(cfg) -> bool:
+    """Backward regenerates ``S`` from ``(seed, stream)`` (else the sampled indices are saved)."""
+    return cfg["kind"] in DATA_INDEPENDENT or (cfg["kind"] == "crs" and cfg["probs"] == "uniform")
+
+
+def _rm_forward(x2d, weight, bias, cfg, stream):
+    """``(Y, S^T X (k, m), sampled indices (k,) or None)`` for 2-D ``x2d`` (t, m)."""
+    y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
+    t = x2d.shape[0]
+    k = _sketch_size(t, cfg["ratio"], cfg["k"])
+    data = cfg["kind"] in ("crs", "wta")
+    with torch.no_grad():
+        sk = make_sketch(cfg["kind"], t, k, seed=cfg["seed"], stream=stream, X=x2d.detach() if data else None,
+                         **_opts(cfg))
+        sx = sk.apply_x(x2d.detach(), check=False)
+    idx = None if _regenerates(cfg) else torch.as_tensor(sk.indices, device=x2d.device)
+    return y, sx, idx
+
+
+def _rm_backward(dy, weight, sx, idx, cfg, stream, want_x, want_w, want_b):
+    dx = dw = db = None
+    if want_x:
+        dx = dy @ weight
+    if want_w:
+        if idx is None:
+            t = dy.shape[0]
+            k = _sketch_size(t, cfg["ratio"], cfg["k"])
+            sk = make_sketch(cfg["kind"], t, k, seed=cfg["seed"], stream=stream, **_opts(cfg))
+            sdy = sk.apply_y(dy, check=False)
+        else:
+            sdy = dy.index_select(0, idx)
+        dw = sdy.t() @ sx
+    if want_b:
+        db = dy.sum(0)
+    return dx, dw, db
+
+
 class _RandomizedLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2d, weight, bias, cfg):
-        y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
-        t = x2d.shape[0]
-        k = _sketch_size(t, cfg["ratio"], cfg["k"])
-        opts = {}
-        if cfg["kind"] in ("srht", "srdct"):
-            opts["replace"] = cfg["replace"]
-        if cfg["kind"] in ("crs", "wta"):
-            opts["probs"] = cfg["probs"]
-        if cfg["kind"] == "crs":
-            opts["replace"] = cfg["replace"]
-        if cfg["kind"] == "wta":
-            opts["deterministic"] = cfg["deterministic"]
-        with torch.no_grad():
-            sk = make_sketch(cfg["kind"], t, k, seed=cfg["seed"], stream=cfg["stream"], X=x2d.detach() if cfg["kind"] in ("crs", "wta") else None, **opts)
-            sx = sk.apply_x(x2d.detach(), check=False)
-        regen = sk.kind in DATA_INDEPENDENT or (sk.kind == "crs" and cfg["probs"] == "uniform")
-        if regen:
-            ctx.save_for_backward(weight, sx)
-        else:
-            idx = torch.as_tensor(sk.indices, device=x2d.device)
-            ctx.save_for_backward(weight, sx, idx)
-        ctx.regen = regen
-        ctx.spec = (sk.kind, t, k, cfg["seed"], cfg["stream"], opts)
+    def forward(ctx, x2d, weight, bias, cfg, stream):
+        y, sx, idx = _rm_forward(x2d, weight, bias, cfg, stream)
+        ctx.save_for_backward(weight, sx, idx)
+        ctx.cfg, ctx.stream = cfg, stream
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        saved = ctx.saved_tensors
-        weight, sx = saved[0], saved[1]
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = dy @ weight
-        if ctx.needs_input_grad[1]:
-            if ctx.regen:
-                kind, t, k, seed, stream, opts = ctx.spec
-                sk = make_sketch(kind, t, k, seed=seed, stream=stream, **opts)
-                sdy = sk.apply_y(dy, check=False)
-            else:
-                sdy = dy.index_select(0, saved[2])
-            dw = sdy.t() @ sx
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(0)
-        return dx, dw, db, None
+        weight, sx, idx = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw, db = _rm_backward(dy, weight, sx, idx, ctx.cfg, ctx.stream, need[0], need[1], ctx.has_bias and need[2])
+        return dx, dw, db, None, None
+
+
+# ------------------------------------------------------------------ torch.compile path
+# The sketch is drawn inside an opaque custom op from the counter-based lrmath.rng, keyed by
+# (seed, stream); the stream is the layer's int64 buffer ``_calls``, read inside the op and
+# advanced in traced code, so a compiled step draws a new sketch each call without recompiling.
+def _cfg(kind, ratio, k, probs, replace, deterministic, seed) -> dict:
+    det = int(deterministic) if deterministic.lstrip("-").isdigit() else deterministic
+    return {"kind": kind, "ratio": ratio, "k": None if k < 0 else k, "probs": probs, "replace": replace,
+            "deterministic": det, "seed": seed}
+
+
+@torch.library.custom_op("lrmath::randmm_forward", mutates_args=())
+def _op_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], calls: torch.Tensor, kind: str,
+                ratio: float, k: int, probs: str, replace: bool, deterministic: str,
+                seed: int) -> List[torch.Tensor]:
+    cfg = _cfg(kind, ratio, k, probs, replace, deterministic, seed)
+    y, sx, idx = _rm_forward(x, weight, bias, cfg, int(calls))
+    if idx is None:
+        idx = torch.empty(0, dtype=torch.int64, device=x.device)
+    return [y, sx, idx, calls.clone()]
+
+
+@_op_forward.register_fake
+def _(x, weight, bias, calls, kind, ratio, k, probs, replace, deterministic, seed):
+    cfg = _cfg(kind, ratio, k, probs, replace, deterministic, seed)
+    kk = _sketch_size(x.shape[0], ratio, cfg["k"])
+    n_idx = 0 if _regenerates(cfg) else kk
+    return [x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(kk, x.shape[1]),
+            x.new_empty(n_idx, dtype=torch.int64), calls.new_empty(calls.shape)]
+
+
+@torch.library.custom_op("lrmath::randmm_backward", mutates_args=())
+def _op_backward(dy: torch.Tensor, weight: torch.Tensor, sx: torch.Tensor, idx: torch.Tensor, stream: torch.Tensor,
+                 kind: str, ratio: float, k: int, probs: str, replace: bool, deterministic: str, seed: int,
+                 want_x: bool, want_w: bool, want_b: bool) -> List[torch.Tensor]:
+    cfg = _cfg(kind, ratio, k, probs, replace, deterministic, seed)
+    g = _rm_backward(dy, weight, sx, None if _regenerates(cfg) else idx, cfg, int(stream), want_x, want_w, want_b)
+    return [v.contiguous() for v in g if v is not None]
+
+
+@_op_backward.register_fake
+def _(dy, weight, sx, idx, stream, kind, ratio, k, probs, replace, deterministic, seed, want_x, want_w, want_b):
+    outs = []
+    if want_x:
+        outs.append(dy.new_empty(dy.shape[0], weight.shape[1]))
+    if want_w:
+        outs.append(dy.new_empty(weight.shape))
+    if want_b:
+        outs.append(dy.new_empty(dy.shape[1]))
+    return outs
+
+
+def _op_setup(ctx, inputs, output):
+    x, weight, bias, calls, *spec = inputs
+    ctx.save_for_backward(weight, output[1], output[2], output[3])
+    ctx.spec = tuple(spec)
+    ctx.has_bias = bias is not None
+
+
+def _op_grad(ctx, grads):
+    weight, sx, idx, stream = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    want = (bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2]))
+    outs = list(_op_backward(grads[0], weight, sx, idx, stream, *ctx.spec, *want))
+    return tuple(outs.pop(0) if w else None for w in want) + (None,) * 8
+
+
+_op_forward.register_autograd(_op_grad, setup_context=_op_setup)
 
 
 class RandomizedLinear(nn.Linear):
@@ -165,7 +254,21 @@ class RandomizedLinear(nn.Linear):
         self.replace = bool(replace)
         self.deterministic = deterministic
         self.seed = int(seed)
-        self.calls = 0
+        self._init_counter(self.weight.device)
+
+    def _init_counter(self, device) -> None:
+        # the stream counter is a (non-persistent) int64 buffer, not a Python int, so that
+        # torch.compile reads and advances it inside the graph instead of guarding on its value
+        self.register_buffer("_calls", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+
+    @property
+    def calls(self) -> int:
+        """Number of training forwards so far; forward ``j`` draws its sketch from stream ``j``."""
+        return int(self._calls)
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self._calls.fill_(int(value))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "RandomizedLinear":
@@ -176,6 +279,7 @@ class RandomizedLinear(nn.Linear):
         new.weight = linear.weight
         new.bias = linear.bias
         tmp = cls(1, 1, bias=False, **kwargs)
+        new._init_counter(linear.weight.device)
         for name in ("ratio", "k", "estimator", "probs", "replace", "deterministic", "seed", "calls"):
             setattr(new, name, getattr(tmp, name))
         return new
@@ -200,20 +304,19 @@ class RandomizedLinear(nn.Linear):
         x2d = input.reshape(-1, self.in_features)
         if x2d.shape[0] == 0:
             return nn.functional.linear(input, self.weight, self.bias)
-        cfg = {
-            "kind": self.estimator,
-            "ratio": self.ratio,
-            "k": self.k,
-            "probs": self.probs,
-            "replace": self.replace,
-            "deterministic": self.deterministic,
-            "seed": self.seed,
-            "stream": self.calls,
-        }
         if self.k is not None:
             check_k(self.k, int(x2d.shape[0]))
-        self.calls += 1
-        y = _RandomizedLinearFn.apply(x2d, self.weight, self.bias, cfg)
+        if is_compiling():
+            y = _op_forward(x2d, self.weight, self.bias, self._calls, self.estimator, self.ratio,
+                            -1 if self.k is None else int(self.k), self.probs, self.replace, str(self.deterministic),
+                            self.seed)[0]
+            self._calls.add_(1)
+        else:
+            cfg = {"kind": self.estimator, "ratio": self.ratio, "k": self.k, "probs": self.probs,
+                   "replace": self.replace, "deterministic": self.deterministic, "seed": self.seed}
+            stream = self.calls
+            self._calls.add_(1)
+            y = _RandomizedLinearFn.apply(x2d, self.weight, self.bias, cfg, stream)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -18,6 +18,7 @@ import math
 import types
 import warnings
 from functools import lru_cache
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from ..errors import RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.plan import plan as _plan
+from ._compile import constant, handle, is_compiling, lookup
 
 __all__ = ["LoRALinear", "convert_peft", "lora_function", "RunLoRAPeftLinear"]
 
@@ -50,8 +52,70 @@ def _pair(m, n, r, t, x_grad, w_grad, bias, dropout, objective, dtype="float32",
 _pair_eager = torch.compiler.disable(_pair) if hasattr(torch, "compiler") else _pair
 
 
+@constant
+def _segments(m, n, r, x_grad, w_grad, bias, dropout, objective):
+    """The plan's lower envelope as ``((t_from, forward handle, backward handle), ...)``.
+
+    Evaluated once per shape/flag set while Dynamo traces; traced code then compares the
+    token count with ``t_from`` (a guard), so a new batch size inside the same segment
+    reuses the compiled graph.
+    """
+    p = _layer_plan(m, n, r, x_grad, w_grad, bias, dropout, objective)
+    return tuple((seg.t_from, handle(seg.choice.forward), handle(seg.choice.backward)) for seg in p.segments)
+
+
+@constant
+def _time_pair(m, n, r, t, x_grad, w_grad, bias, dropout, dtype, device):
+    """``objective="time"`` measures per token count: the pair's handles at this (static) t."""
+    f, b = _pair(m, n, r, t, x_grad, w_grad, bias, dropout, "time", dtype, device)
+    return handle(f), handle(b)
+
+
+def _forward_body(X, weight, bias, lora_A, lora_B, K, s, fan_in_fan_out, fwd, bwd):
+    """Run forward graph ``fwd`` on 2-D ``X`` (t, in); returns ``(Y (t, out), [saved for bwd])``.
+
+    The saved list follows ``sorted(bwd.saved)``.
+    """
+    W = weight if fan_in_fan_out else weight.t()  # (m, n) view
+    env = {"X": X, "W": W, "A": lora_A.t(), "B": lora_B.t()}
+    if bias is not None:
+        env["b"] = bias
+    if K is not None:
+        env["K"] = K
+    ops = TorchOps(s, X)
+    keep = [fwd.made[k][0] for k in bwd.saved]
+    Y = run_program(fwd, env, ops, ["Y"], keep_alive=keep)["Y"]
+    saved = []
+    for k in sorted(bwd.saved):
+        tensor, flipped = fwd.made[k]
+        v = env[tensor]
+        saved.append(v.t() if flipped else v)
+    return Y, saved
+
+
+def _backward_body(dY, X, K, weight, lora_A, lora_B, saved, s, fan_in_fan_out, bwd, want_dx, want_dw, want_db):
+    """Run backward graph ``bwd``; returns ``{"dA", "dB"[, "dX", "dW", "db"]}`` in math layout."""
+    if dY.dtype != lora_A.dtype:
+        dY = dY.to(lora_A.dtype)
+    env = {"dY": dY, "W": weight if fan_in_fan_out else weight.t(), "A": lora_A.t(), "B": lora_B.t()}
+    if X is not None:
+        env["X"] = X
+    if K is not None:
+        env["K"] = K
+    for k, v in zip(sorted(bwd.saved), saved):
+        env["saved:" + k] = v
+    want = ["dA", "dB"]
+    if want_dx:
+        want.append("dX")
+    if want_dw:
+        want.append("dW")
+    if want_db:
+        want.append("db")
+    return run_program(bwd, env, TorchOps(s, dY), want)
+
+
 class _LoRAFunction(torch.autograd.Function):
-    """y = x Wᵀ + b + s (x∘K) Aᵀ Bᵀ (torch layout) executing a planned graph pair."""
+    """y = x Wᵀ + b + s (x∘K) Aᵀ Bᵀ (torch layout) executing a planned graph pair (eager mode)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, objective):
@@ -59,69 +123,146 @@ class _LoRAFunction(torch.autograd.Function):
         lead = x.shape[:-1]
         X = x.reshape(-1, in_f)
         t = X.shape[0]
-        W = weight if fan_in_fan_out else weight.t()  # (m, n) view
-        m, n = W.shape
+        m, n = (weight.shape if fan_in_fan_out else weight.shape[::-1])
         r = lora_A.shape[0]
-        x_grad = ctx.needs_input_grad[0]
-        w_grad = ctx.needs_input_grad[1]
         has_bias = bias is not None
         dropout = mask is not None
         if isinstance(objective, tuple):  # an explicit (forward, backward) graph pair
             fwd, bwd = objective
         else:
-            fwd, bwd = _pair_eager(m, n, r, t, x_grad, w_grad, has_bias, dropout, objective,
-                             str(X.dtype).rsplit(".", 1)[-1], X.device.type)
-        env = {"X": X, "W": W, "A": lora_A.t(), "B": lora_B.t()}
-        if has_bias:
-            env["b"] = bias
-        if dropout:
-            env["K"] = mask.reshape(-1, in_f)
-        ops = TorchOps(s, X)
-        keep = [fwd.made[k][0] for k in bwd.saved]
-        Y = run_program(fwd, env, ops, ["Y"], keep_alive=keep)["Y"]
-        saved = []
-        for k in sorted(bwd.saved):
-            tensor, flipped = fwd.made[k]
-            v = env[tensor]
-            saved.append(v.t() if flipped else v)
-        ctx.keys = sorted(bwd.saved)
+            fwd, bwd = _pair_eager(m, n, r, t, ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias, dropout,
+                                   objective, str(X.dtype).rsplit(".", 1)[-1], X.device.type)
+        K = mask.reshape(-1, in_f) if dropout else None
+        Y, saved = _forward_body(X, weight, bias, lora_A, lora_B, K, s, fan_in_fan_out, fwd, bwd)
         ctx.bwd = bwd
-        ctx.meta = (lead, in_f, s, fan_in_fan_out, has_bias, bias.requires_grad if has_bias else False)
-        ctx.uses_x = "X" in bwd.inputs
-        ctx.uses_k = "K" in bwd.inputs
-        ctx.save_for_backward(X if ctx.uses_x else None, env.get("K") if ctx.uses_k else None,
+        ctx.meta = (lead, in_f, s, fan_in_fan_out, has_bias)
+        ctx.save_for_backward(X if "X" in bwd.inputs else None, K if "K" in bwd.inputs else None,
                               weight, lora_A, lora_B, *saved)
         return Y.reshape(*lead, n)
 
     @staticmethod
     def backward(ctx, dy):
         X, K, weight, lora_A, lora_B, *saved = ctx.saved_tensors
-        lead, in_f, s, fifo, has_bias, bias_grad = ctx.meta
-        bwd = ctx.bwd
-        dY = dy.reshape(-1, dy.shape[-1])
-        if dY.dtype != lora_A.dtype:
-            dY = dY.to(lora_A.dtype)
-        env = {"dY": dY, "W": weight if fifo else weight.t(), "A": lora_A.t(), "B": lora_B.t()}
-        if X is not None:
-            env["X"] = X
-        if K is not None:
-            env["K"] = K
-        for k, v in zip(ctx.keys, saved):
-            env["saved:" + k] = v
-        want = ["dA", "dB"]
-        if ctx.needs_input_grad[0]:
-            want.append("dX")
-        if ctx.needs_input_grad[1]:
-            want.append("dW")
-        if has_bias and ctx.needs_input_grad[2]:
-            want.append("db")
-        g = run_program(bwd, env, TorchOps(s, dY), want)
+        lead, in_f, s, fifo, has_bias = ctx.meta
+        g = _backward_body(dy.reshape(-1, dy.shape[-1]), X, K, weight, lora_A, lora_B, saved, s, fifo, ctx.bwd,
+                           ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
         dx = g["dX"].reshape(*lead, in_f) if "dX" in g else None
         dw = None
         if "dW" in g:
             dw = g["dW"] if fifo else g["dW"].t()
-        db = g.get("db")
-        return dx, dw, db, g["dA"].t(), g["dB"].t(), None, None, None, None
+        return dx, dw, g.get("db"), g["dA"].t(), g["dB"].t(), None, None, None, None
+
+
+# ------------------------------------------------------------------ torch.compile path
+def _fresh(outs, inputs):
+    """Custom-op outputs must not alias inputs or each other: copy the (rare) ones that do."""
+    if any(o.device.type == "meta" or type(o) is not torch.Tensor for o in outs):
+        return outs  # fake/meta tensors: shapes only
+    seen = {i.untyped_storage().data_ptr() for i in inputs if i is not None}
+    res = []
+    for o in outs:
+        ptr = o.untyped_storage().data_ptr()
+        if ptr in seen:
+            o = o.clone()
+            ptr = o.untyped_storage().data_ptr()
+        seen.add(ptr)
+        res.append(o)
+    return res
+
+
+@torch.library.custom_op("lrmath::runlora_forward", mutates_args=())
+def _op_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_A: torch.Tensor,
+                lora_B: torch.Tensor, mask: Optional[torch.Tensor], s: float, fan_in_fan_out: bool, fwd: int,
+                bwd: int) -> List[torch.Tensor]:
+    Y, saved = _forward_body(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, lookup(fwd), lookup(bwd))
+    return _fresh([Y, *saved], (x, weight, bias, lora_A, lora_B, mask))
+
+
+@_op_forward.register_fake
+def _(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, fwd, bwd):
+    Y, saved = _forward_body(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, lookup(fwd), lookup(bwd))
+    return [Y.clone(), *(v.clone() for v in saved)]
+
+
+@torch.library.custom_op("lrmath::runlora_backward", mutates_args=())
+def _op_backward(dy: torch.Tensor, x: Optional[torch.Tensor], mask: Optional[torch.Tensor], weight: torch.Tensor,
+                 lora_A: torch.Tensor, lora_B: torch.Tensor, saved: List[torch.Tensor], s: float,
+                 fan_in_fan_out: bool, bwd: int, want_dx: bool, want_dw: bool, want_db: bool) -> List[torch.Tensor]:
+    g = _backward_body(dy, x, mask, weight, lora_A, lora_B, saved, s, fan_in_fan_out, lookup(bwd), want_dx, want_dw,
+                       want_db)
+    outs = [g["dA"].t(), g["dB"].t()]
+    if want_dx:
+        outs.append(g["dX"])
+    if want_dw:
+        outs.append(g["dW"] if fan_in_fan_out else g["dW"].t())
+    if want_db:
+        outs.append(g["db"])
+    return _fresh([o.contiguous() for o in outs], (dy, x, mask, weight, lora_A, lora_B, *saved))
+
+
+@_op_backward.register_fake
+def _(dy, x, mask, weight, lora_A, lora_B, saved, s, fan_in_fan_out, bwd, want_dx, want_dw, want_db):
+    t, n = dy.shape
+    r, m = lora_A.shape
+    outs = [lora_A.new_empty(r, m), lora_B.new_empty(n, r)]
+    if want_dx:
+        outs.append(dy.new_empty(t, m, dtype=lora_A.dtype))
+    if want_dw:
+        outs.append(weight.new_empty(weight.shape))
+    if want_db:
+        outs.append(dy.new_empty(n, dtype=lora_A.dtype))
+    return outs
+
+
+def _op_setup(ctx, inputs, output):
+    x, weight, bias, lora_A, lora_B, mask, s, fifo, fwd, bwd = inputs
+    g = lookup(bwd)
+    ctx.save_for_backward(x if "X" in g.inputs else None, mask if "K" in g.inputs else None, weight, lora_A, lora_B,
+                          *output[1:])
+    ctx.meta = (s, fifo, bwd, bias is not None)
+
+
+def _op_grad(ctx, grads):
+    x, mask, weight, lora_A, lora_B, *saved = ctx.saved_tensors
+    s, fifo, bwd, has_bias = ctx.meta
+    need = ctx.needs_input_grad
+    want_dx, want_dw, want_db = bool(need[0]), bool(need[1]), bool(has_bias and need[2])
+    outs = _op_backward(grads[0], x, mask, weight, lora_A, lora_B, saved, s, fifo, bwd, want_dx, want_dw, want_db)
+    dA, dB, rest = outs[0], outs[1], list(outs[2:])
+    dx = rest.pop(0) if want_dx else None
+    dw = rest.pop(0) if want_dw else None
+    db = rest.pop(0) if want_db else None
+    return dx, dw, db, dA, dB, None, None, None, None, None
+
+
+_op_forward.register_autograd(_op_grad, setup_context=_op_setup)
+
+
+def _compiled_lora(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, objective):
+    """The traced path: choose the pair by comparing the token count with the plan's breakpoints."""
+    in_f = lora_A.shape[1]
+    lead = x.shape[:-1]
+    X = x.reshape(-1, in_f)
+    t = X.shape[0]
+    m, n = (weight.shape if fan_in_fan_out else weight.shape[::-1])
+    r = lora_A.shape[0]
+    grad = torch.is_grad_enabled()
+    x_grad, w_grad = grad and x.requires_grad, grad and weight.requires_grad
+    has_bias, dropout = bias is not None, mask is not None
+    if isinstance(objective, tuple):
+        fwd, bwd = handle(objective[0]), handle(objective[1])
+    elif objective == "time":
+        fwd, bwd = _time_pair(int(m), int(n), int(r), int(t), x_grad, w_grad, has_bias, dropout,
+                              str(X.dtype).rsplit(".", 1)[-1], X.device.type)
+    else:
+        segs = _segments(int(m), int(n), int(r), x_grad, w_grad, has_bias, dropout, objective)
+        fwd, bwd = segs[0][1], segs[0][2]
+        for t_from, f, b in segs[1:]:
+            if t >= t_from:
+                fwd, bwd = f, b
+    K = mask.reshape(-1, in_f) if dropout else None
+    out = _op_forward(X, weight, bias, lora_A, lora_B, K, float(s), bool(fan_in_fan_out), fwd, bwd)
+    return out[0].reshape(*lead, n)
 
 
 def lora_function(x, weight, bias, lora_A, lora_B, scale, *, mask=None, fan_in_fan_out=False, objective="flops",
@@ -156,10 +297,16 @@ def lora_function(x, weight, bias, lora_A, lora_B, scale, *, mask=None, fan_in_f
         x, weight, lora_A, lora_B = (v.to(dt) for v in (x, weight, lora_A, lora_B))
         bias = bias.to(dt) if bias is not None else None
         with torch.autocast(dev, enabled=False):
-            return _LoRAFunction.apply(x, weight, bias, lora_A, lora_B, mask, float(scale), fan_in_fan_out, objective)
+            return _apply(x, weight, bias, lora_A, lora_B, mask, float(scale), fan_in_fan_out, objective)
     if x.dtype != weight.dtype:
         x = x.to(weight.dtype)
-    return _LoRAFunction.apply(x, weight, bias, lora_A, lora_B, mask, float(scale), fan_in_fan_out, objective)
+    return _apply(x, weight, bias, lora_A, lora_B, mask, float(scale), fan_in_fan_out, objective)
+
+
+def _apply(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, objective):
+    if is_compiling():
+        return _compiled_lora(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, objective)
+    return _LoRAFunction.apply(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, objective)
 
 
 def _dropout_mask(x, p):

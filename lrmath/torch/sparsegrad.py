@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from ..errors import ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
 from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
+from ._compile import handle, is_compiling, lookup
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
 
@@ -118,57 +119,130 @@ def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.
     return I, J, ri.astype(np.int64), ci.astype(np.int64), dense
 
 
-class _SparseGradFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, layer):
-        y = torch.nn.functional.linear(x, weight, bias)
-        Z = _to_sub(x, layer.V, VJ, Jix)  # X V_J (t, |J|)
-        nI, nJ = Iix.numel(), Jix.numel()
+def _sg_forward(x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, layer):
+    """``(Y (t, n), Z = X V_J (t, |J|))`` for 2-D ``x`` (t, m) (module docstring)."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    Z = _to_sub(x, layer.V, VJ, Jix)  # X V_J (t, |J|)
+    nI, nJ = Iix.numel(), Jix.numel()
+    if dense:
+        S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
+        S[ri, ci] = delta
+        P = Z @ S.t()
+    else:
+        S = _csr(crow, col, delta, (nI, nJ))
+        P = (S @ Z.t()).t()
+    return y + _from_sub(P, layer.U, UI, Iix, layer.n), Z
+
+
+def _sg_backward(dy, Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x, dense, layer, want_x, want_delta,
+                 want_b):
+    """``(g_x, g_delta, g_b)`` (None where not wanted); feeds the selector when ``x`` is given."""
+    nI, nJ = Iix.numel(), Jix.numel()
+    A = _to_sub(dy, layer.U, UI, Iix)  # dY U_I (t, |I|)
+    g_delta = g_x = g_b = None
+    if want_delta:
+        if dense:
+            g_delta = (A.t() @ Z)[ri, ci]
+        else:
+            t = A.shape[0]
+            chunk = max(1, (1 << 20) // max(t, 1))  # bounds the (t, chunk) temporaries to 4 MB
+            parts = [(A[:, ri[s:s + chunk]] * Z[:, ci[s:s + chunk]]).sum(0) for s in range(0, ri.numel(), chunk)]
+            g_delta = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if want_x:
         if dense:
             S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
             S[ri, ci] = delta
-            P = Z @ S.t()
+            AS = A @ S
         else:
             S = _csr(crow, col, delta, (nI, nJ))
-            P = (S @ Z.t()).t()
-        y = y + _from_sub(P, layer.U, UI, Iix, layer.n)
+            AS = (S.t() @ A.t()).t()
+        g_x = dy @ weight + _from_sub(AS, layer.V, VJ, Jix, layer.m)
+    if want_b:
+        g_b = dy.sum(0)
+    if x is not None:
+        layer._probe(dy.detach(), x.detach())
+    return g_x, g_delta, g_b
+
+
+class _SparseGradFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, layer):
+        y, Z = _sg_forward(x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, layer)
         ctx.dense = dense
         ctx.layer = layer
         ctx.has_bias = bias is not None
         probing = layer is not None and layer.probing
-        ctx.probing = probing
         ctx.save_for_backward(Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x if probing else None)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x = ctx.saved_tensors
-        layer = ctx.layer
-        nI, nJ = Iix.numel(), Jix.numel()
-        A = _to_sub(dy, layer.U, UI, Iix)  # dY U_I (t, |I|)
-        g_delta = g_x = g_b = None
-        if ctx.needs_input_grad[3]:
-            if ctx.dense:
-                g_delta = (A.t() @ Z)[ri, ci]
-            else:
-                t = A.shape[0]
-                chunk = max(1, (1 << 20) // max(t, 1))  # bounds the (t, chunk) temporaries to 4 MB
-                parts = [(A[:, ri[s:s + chunk]] * Z[:, ci[s:s + chunk]]).sum(0) for s in range(0, ri.numel(), chunk)]
-                g_delta = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if ctx.needs_input_grad[0]:
-            if ctx.dense:
-                S = torch.zeros(nI, nJ, dtype=delta.dtype, device=delta.device)
-                S[ri, ci] = delta
-                AS = A @ S
-            else:
-                S = _csr(crow, col, delta, (nI, nJ))
-                AS = (S.t() @ A.t()).t()
-            g_x = dy @ weight + _from_sub(AS, layer.V, VJ, Jix, layer.m)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            g_b = dy.sum(0)
-        if ctx.probing and x is not None:
-            ctx.layer._probe(dy.detach(), x.detach())
+        need = ctx.needs_input_grad
+        g_x, g_delta, g_b = _sg_backward(dy, Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x, ctx.dense,
+                                         ctx.layer, need[0], need[3], ctx.has_bias and need[2])
         return g_x, None, g_b, g_delta, None, None, None, None, None, None, None, None, None, None
+
+
+# ------------------------------------------------------------------ torch.compile path
+# The layer travels as an int handle (weak reference) to its bases and selector.
+@torch.library.custom_op("lrmath::sparsegrad_forward", mutates_args=())
+def _op_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], delta: torch.Tensor,
+                UI: Optional[torch.Tensor], VJ: Optional[torch.Tensor], Iix: torch.Tensor, Jix: torch.Tensor,
+                ri: torch.Tensor, ci: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, dense: bool,
+                h: int) -> List[torch.Tensor]:
+    return list(_sg_forward(x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, lookup(h)))
+
+
+@_op_forward.register_fake
+def _(x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, h):
+    return [x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], Jix.shape[0])]
+
+
+@torch.library.custom_op("lrmath::sparsegrad_backward", mutates_args=())
+def _op_backward(dy: torch.Tensor, Z: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor,
+                 UI: Optional[torch.Tensor], VJ: Optional[torch.Tensor], Iix: torch.Tensor, Jix: torch.Tensor,
+                 ri: torch.Tensor, ci: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, x: Optional[torch.Tensor],
+                 dense: bool, h: int, want_x: bool, want_delta: bool, want_b: bool) -> List[torch.Tensor]:
+    g = _sg_backward(dy, Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x, dense, lookup(h), want_x,
+                     want_delta, want_b)
+    return [v.contiguous() for v in g if v is not None]
+
+
+@_op_backward.register_fake
+def _(dy, Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x, dense, h, want_x, want_delta, want_b):
+    outs = []
+    if want_x:
+        outs.append(dy.new_empty(dy.shape[0], weight.shape[1]))
+    if want_delta:
+        outs.append(delta.new_empty(delta.shape))
+    if want_b:
+        outs.append(dy.new_empty(dy.shape[1]))
+    return outs
+
+
+def _op_setup(ctx, inputs, output):
+    x, weight, bias, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, dense, h = inputs
+    layer = lookup(h)
+    probing = layer is not None and layer.probing
+    ctx.save_for_backward(output[1], weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x if probing else None)
+    ctx.meta = (dense, h, bias is not None)
+
+
+def _op_grad(ctx, grads):
+    Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x = ctx.saved_tensors
+    dense, h, has_bias = ctx.meta
+    need = ctx.needs_input_grad
+    want_x, want_delta, want_b = bool(need[0]), bool(need[3]), bool(has_bias and need[2])
+    outs = list(_op_backward(grads[0], Z, weight, delta, UI, VJ, Iix, Jix, ri, ci, crow, col, x, dense, h, want_x,
+                             want_delta, want_b))
+    g_x = outs.pop(0) if want_x else None
+    g_delta = outs.pop(0) if want_delta else None
+    g_b = outs.pop(0) if want_b else None
+    return (g_x, None, g_b, g_delta) + (None,) * 10
+
+
+_op_forward.register_autograd(_op_grad, setup_context=_op_setup)
 
 
 class SparseGradLinear(nn.Module):
@@ -256,6 +330,7 @@ class SparseGradLinear(nn.Module):
         self.register_buffer("crow", torch.from_numpy(np.cumsum(crow)).to(dev), persistent=False)
         self.register_buffer("col", torch.from_numpy(ci).to(dev), persistent=False)
         self.rows_touched, self.cols_touched = int(I.size), int(J.size)
+        self._handle = handle(self, weak=True)
 
     @property
     def nnz(self) -> int:
@@ -275,8 +350,12 @@ class SparseGradLinear(nn.Module):
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.m} (shape {tuple(x.shape)})")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.m)
-        y = _SparseGradFn.apply(x2, self.weight, self.bias, self.delta, self.UI, self.VJ, self.Iix, self.Jix,
-                                self.ri, self.ci, self.crow, self.col, self._dense, self)
+        args = (x2, self.weight, self.bias, self.delta, self.UI, self.VJ, self.Iix, self.Jix, self.ri, self.ci,
+                self.crow, self.col, self._dense)
+        if is_compiling():  # opaque custom op: no graph break (the probe and CSR products stay eager)
+            y = _op_forward(*args, self._handle)[0]
+        else:
+            y = _SparseGradFn.apply(*args, self)
         return y.reshape(*lead, self.n)
 
     # -- statistics and refresh ----------------------------------------------------------
