@@ -85,7 +85,7 @@ def build(kind: str, dtype=torch.float64, seed=0):
             if isinstance(mod, lt.RandomizedLinear):
                 mod.weight.requires_grad_(True)
     elif kind == "kashin":
-        lt.quantize_model(model.model.layers[0], bits=2, block=32, include=["*mlp*", "*q_proj"])
+        lt.quantize_model(model.model.layers[0], bits=2, block=32, iters=2, include=["*mlp*", "*q_proj"])
         for mod in model.modules():
             if isinstance(mod, lt.KashinLinear) and mod.bias is not None:
                 mod.bias.requires_grad_(True)
