@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-__all__ = ["time_interleaved", "peak_torch_memory", "peak_host_memory", "env_info", "write_results", "format_table", "RESULTS"]
+__all__ = ["time_interleaved", "paired", "verdict", "peak_torch_memory", "peak_host_memory", "env_info", "write_results", "format_table", "RESULTS"]
 
 
 def _sync(device: str | None):
@@ -93,6 +93,32 @@ def time_interleaved(
             "number": number,
         }
     return out
+
+
+def paired(res: dict, a: str, b: str) -> dict[str, Any]:
+    """Per-round ratios ``a / b`` from one :func:`time_interleaved` result (same rounds, paired).
+
+    Returns the median, min and max ratio and ``wins``: the rounds in which ``a`` was faster
+    (ratio < 1) out of ``rounds``.
+    """
+    ra = [x / y for x, y in zip(res[a]["samples"], res[b]["samples"])]
+    return {"median": statistics.median(ra), "min": min(ra), "max": max(ra), "wins": sum(r < 1 for r in ra),
+            "rounds": len(ra)}
+
+
+def verdict(p: dict[str, Any], tol: float = 0.05) -> str:
+    """"faster" only where the paired median and most rounds agree; "slower" past ``tol``
+    (decisions.md: not more than 5% slower in the median); else "on par"."""
+    if p["median"] < 1 and p["wins"] > p["rounds"] / 2:
+        return "faster"
+    if p["median"] > 1 + tol:
+        return "slower"
+    return "on par"
+
+
+def fmt_paired(p: dict[str, Any]) -> str:
+    """``0.97 [0.91-1.04] 9/15`` (median [min-max] rounds faster)."""
+    return f"{p['median']:.3f} [{p['min']:.3f}-{p['max']:.3f}] {p['wins']}/{p['rounds']}"
 
 
 def peak_torch_memory(fn: Callable[[], Any], device: str = "cpu") -> int:
