@@ -13,6 +13,8 @@ the checks. Per layer type (``tests/torch_models.py``, float64):
   sketch per rank would need ``seed=base + rank``, see the README).
 * DDP broadcasts module state from rank 0 at construction: rank 1 starts with corrupted
   SparseGrad ``delta`` values and Kashin packed codes/scales and must end with rank 0's.
+* ``lrmath.torch.kashin_hook`` in both modes: the same averaged gradient on both ranks, equal to an
+  oracle assembled from both ranks' local gradients, bytes sent = (W - 1) x payload (all-gather).
 * FSDP2 (``torch.distributed.fsdp.fully_shard``, works on CPU with gloo in torch 2.13): the same
   step equality; then the full state dict (``get_model_state_dict(full_state_dict=True)``) loads
   into a fresh single-process model that reproduces the trained loss, and a sharded
@@ -81,6 +83,57 @@ def _close(a, b, what, out):
     out.append({"check": what, "ok": ok, "err": err})
 
 
+def _hook_checks(rank, world, out):
+    """kashin_hook: both ranks get the same gradient, equal to an oracle built here from both
+    ranks' local gradients (one parameter, so the bucket is its flat gradient), in both modes."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lrmath.torch import KashinHookState, kashin_hook
+    from lrmath.torch import kashin_comm as kc
+
+    g = torch.Generator().manual_seed(5)
+    X, T = torch.randn(8, 96, generator=g), torch.randn(8, 40, generator=g)
+    N, bits = 64, 2
+    for mode in ("allgather", "two_phase"):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(96, 40, bias=False)
+        local = []
+        for r in range(world):
+            net.zero_grad()
+            (net(X[4 * r: 4 * r + 4]) - T[4 * r: 4 * r + 4]).square().mean().backward()
+            local.append(net.weight.grad.reshape(-1).clone())
+        n = local[0].numel()
+        code = lambda v, m=None: kc.decode(kc.encode(v, bits, N), v.numel() if m is None else m, bits, N)  # noqa: E731
+        if mode == "allgather":
+            want = sum(code(v) for v in local) / world
+        else:
+            chunk = -(-(-(-n // N)) // world) * N
+            pads = [torch.cat([v, v.new_zeros(chunk * world - n)]) for v in local]
+            owned = [sum(code(p[j * chunk:(j + 1) * chunk]) for p in pads) / world for j in range(world)]
+            want = torch.cat([code(o) for o in owned])[:n]
+        model = torch.nn.Linear(96, 40, bias=False)
+        model.load_state_dict(net.state_dict())
+        ddp = DDP(model)
+        st = KashinHookState(bits=bits, block=N, mode=mode)
+        ddp.register_comm_hook(st, kashin_hook)
+        (ddp(X[4 * rank: 4 * rank + 4]) - T[4 * rank: 4 * rank + 4]).square().mean().backward()
+        got = model.weight.grad.reshape(-1)
+        _close(got, want, f"kashin_hook {mode} equals oracle", out)
+        both = [torch.empty_like(got) for _ in range(world)]
+        torch.distributed.all_gather(both, got.contiguous())
+        out.append({"check": f"kashin_hook {mode} ranks identical", "ok": bool(torch.equal(both[0], both[1])), "err": 0.0})
+        P = kc.payload_bytes(n, bits, N)
+        expect = (world - 1) * P if mode == "allgather" else None
+        if expect is not None:
+            out.append({"check": f"kashin_hook {mode} bytes", "ok": st.bytes_sent == expect, "err": st.bytes_sent - expect})
+        exact = sum(local) / world
+        rel = float((got - exact).norm() / exact.norm())
+        # one 2-bit code measures ~0.38 relative error (tests/test_kashin_comm.py bounds it by 0.45);
+        # two_phase codes twice (sender, then owner): errors add in quadrature, bound 0.45 * sqrt(2)
+        bound = 0.45 if mode == "allgather" else 0.45 * 2 ** 0.5
+        out.append({"check": f"kashin_hook {mode} close to the exact mean", "ok": rel < bound, "err": rel})
+
+
 def _worker(rank, world, init, result_dir):
     import torch.distributed as dist
 
@@ -90,6 +143,7 @@ def _worker(rank, world, init, result_dir):
     try:
         ids = tm.batch(n=4, s=8, seed=1)
         mine = ids[2 * rank: 2 * rank + 2]
+        _hook_checks(rank, world, out)
         for kind in tm.LAYERS:
             if kind == "peft":
                 try:
@@ -184,3 +238,5 @@ def test_ddp_and_fsdp2_two_processes(tmp_path):
             assert any(n.startswith(f"{kind} {what}") for n in names), (kind, what)
     assert any("ddp broadcast" in n and "delta" in n for n in names)
     assert any("ddp broadcast" in n and "codes_u" in n for n in names)
+    for mode in ("allgather", "two_phase"):
+        assert f"kashin_hook {mode} equals oracle" in names and f"kashin_hook {mode} ranks identical" in names

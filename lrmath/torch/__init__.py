@@ -12,6 +12,8 @@ name                              file                   issue
 ``KashinLinear``,                 ``kashin.py``          Kashin quantization
 ``quantize_model``
 ``MiniLM``                        ``model.py``           the default model
+``kashin_hook``,                  ``kashin_comm.py``     Kashin gradient compression
+``KashinHookState``
 ================================  =====================  ===========================
 
 Any other public name of a submodule (its ``__all__``) is also found here.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_SUBMODULES = ("runlora", "lotr", "sparsegrad", "randmm", "kashin", "model")
+_SUBMODULES = ("runlora", "lotr", "sparsegrad", "randmm", "kashin", "kashin_comm", "model")
 _KNOWN = {
     "LoRALinear": "runlora",
     "convert_peft": "runlora",
@@ -35,6 +37,8 @@ _KNOWN = {
     "KashinLinear": "kashin",
     "quantize_model": "kashin",
     "MiniLM": "model",
+    "kashin_hook": "kashin_comm",
+    "KashinHookState": "kashin_comm",
 }
 
 __all__ = list(_KNOWN)
