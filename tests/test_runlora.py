@@ -323,9 +323,9 @@ def test_plan_envelope_is_the_brute_force_minimum(mnr):
         ts.update({seg.t_from, seg.t_from + 1} | ({seg.t_to, max(seg.t_to - 1, 1)} if seg.t_to else set()))
     for t in sorted(ts):
         best = brute.min_flops(t)
-        assert p.select(t).flops(t, m, n, r) == best, t
+        assert p.select(t).poly.flops(t, m, n, r) == best, t
     t = sorted(ts)[len(ts) // 2]
-    assert plan(m, n, r, tokens=t).choice.flops(t, m, n, r) == brute.min_flops(t)
+    assert plan(m, n, r, tokens=t).choice.poly.flops(t, m, n, r) == brute.min_flops(t)
     # breakpoints are where the choice changes, and exact: the lines cross in (t_from - 1, t_from]
     for prev, seg in zip(p.segments, p.segments[1:]):
         assert prev.t_to + 1 == seg.t_from
@@ -340,11 +340,11 @@ def test_plan_memory_objective_and_budget():
     brute = _Brute(graph_space(), m, n, r)
     pm = plan(m, n, r, tokens=t, objective="memory")
     min_saved = brute.min_saved(t)
-    assert pm.choice.saved_bytes(t, m, n, r) == min_saved
+    assert pm.choice.poly.saved_bytes(t, m, n, r) == min_saved
     budget = min_saved + 10
     pb = plan(m, n, r, tokens=t, memory_budget=budget)
-    assert pb.choice.saved_bytes(t, m, n, r) <= budget
-    assert pb.choice.flops(t, m, n, r) == brute.min_flops(t, budget)
+    assert pb.choice.poly.saved_bytes(t, m, n, r) <= budget
+    assert pb.choice.poly.flops(t, m, n, r) == brute.min_flops(t, budget)
     with pytest.raises(ValueError, match="saves at most"):
         plan(m, n, r, tokens=t, memory_budget=100)
     # budget over all t: feasible only up to some t, choices respect it
@@ -358,7 +358,7 @@ def test_plan_gain_over_peft_and_paper():
     p = plan(4096, 4096, 8, tokens=4096)
     g = p.gain_over_peft()
     assert g["flops"] >= 1 and g["saved_bytes"] >= 1 and g["bytes_moved"] > 1
-    assert p.choice.flops(4096, 4096, 4096, 8) <= p.paper_best.flops(4096, 4096, 4096, 8)
+    assert p.choice.poly.flops(4096, 4096, 4096, 8) <= p.paper_best.flops(4096, 4096, 4096, 8)
     d = p.to_dict()
     assert d["chosen"] == p.choice.name and d["front"]
 
@@ -407,3 +407,19 @@ def test_cli_plan(capsys):
     # r > min(m, n) is a clear error, not a plan
     assert main(["plan", "8", "4", "5"]) != 0
     assert "min(m, n)" in capsys.readouterr().err
+
+
+def test_select_reports_numbers_at_t_counted_from_execution():
+    """``plan.select(t)`` carries the pair's FLOPs, saved and moved bytes as numbers at t (like
+    opt_einsum's PathInfo); the FLOPs equal those counted while executing the pair."""
+    m, n, r, t = 24, 40, 4, 33
+    p = plan(m, n, r)
+    c = p.select(t)
+    assert all(isinstance(v, int) for v in (c.flops, c.saved_bytes, c.bytes_moved))
+    assert (c.flops, c.saved_bytes, c.bytes_moved) == tuple(
+        int(c.poly.at(t, m, n, r)[k]) for k in ("flops", "saved_bytes", "bytes_moved"))
+    d = make_inputs(t, m, n, r, seed=0)
+    _, _, (fo, bo) = run_pair(c.forward, c.backward, d, 0.25, count=True)
+    assert fo.flops + bo.flops == c.flops
+    assert f"flops={c.flops:,}" in repr(c) and c.name == f"{c.forward.name}/{c.backward.name}"
+    assert str(c.poly.flops).count("t") >= 1  # the closed form is still there

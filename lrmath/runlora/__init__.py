@@ -7,18 +7,20 @@ Implementations", arXiv 2312.03415.  Math layout: ``X`` (t, m), ``W`` (m, n), ``
 
 >>> from lrmath.runlora import plan
 >>> p = plan(4096, 4096, 8)          # every token count; exact breakpoints
->>> p.select(2048).name              # doctest: +SKIP
+>>> c = p.select(2048)              # the pair at t = 2048 and its costs there (numbers)
+>>> c.flops, c.saved_bytes, c.bytes_moved  # doctest: +SKIP
+>>> c.poly.flops                    # the closed form in t, m, n, r  # doctest: +SKIP
 """
 
 from .chain import ChainOrder, best_order, matmul_flops, num_orders, orders
 from .costs import Poly
 from .execute import CountingOps, run_backward, run_forward, run_pair
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
-from .plan import Choice, Plan, paper_graphs, peft_pair, plan
+from .plan import Choice, Plan, Selection, paper_graphs, peft_pair, plan
 
 __all__ = [
     "ChainOrder", "best_order", "matmul_flops", "num_orders", "orders",
     "Poly", "Graph", "GraphSpace", "graph_space", "PAPER_FORWARD", "PAPER_BACKWARD", "PEFT",
     "CountingOps", "run_forward", "run_backward", "run_pair",
-    "Plan", "Choice", "plan", "paper_graphs", "peft_pair",
+    "Plan", "Choice", "Selection", "plan", "paper_graphs", "peft_pair",
 ]

@@ -118,7 +118,7 @@ def tune(p, *, dtype="float32", backend=None, cache=True, repeats=5) -> None:
     key = "|".join([_device_name(backend), backend, str(dtype).rsplit(".", 1)[-1], f"{p.m}x{p.n}x{p.r}", f"t={t}",
                     "".join(k[0] for k, v in f.items() if v)])
     cands = {}
-    for c in [p.select(t) if p.tokens is None else p.segments[0].choice, *p.front, p.peft, p.paper_best]:
+    for c in [p.select(t).poly if p.tokens is None else p.segments[0].choice, *p.front, p.peft, p.paper_best]:
         if c is not None:
             cands.setdefault(c.name, c)
     data = _load() if cache else {}

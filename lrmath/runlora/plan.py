@@ -20,7 +20,7 @@ from ..errors import RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
 
-__all__ = ["plan", "Plan", "Choice", "Segment", "itemsize_of", "peft_pair", "paper_graphs"]
+__all__ = ["plan", "Plan", "Choice", "Selection", "Segment", "itemsize_of", "peft_pair", "paper_graphs"]
 
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 _OBJECTIVES = ("flops", "time", "memory")
@@ -53,6 +53,52 @@ class Choice:
     def at(self, t: int, m: int, n: int, r: int) -> dict:
         return {"flops": self.flops(t, m, n, r), "saved_bytes": self.saved_bytes(t, m, n, r),
                 "bytes_moved": self.bytes_moved(t, m, n, r)}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The pair chosen for one token count, with its costs as *numbers* at that size.
+
+    Like opt_einsum's ``PathInfo``: ``flops``, ``saved_bytes`` and ``bytes_moved`` are the costs
+    at ``(tokens, m, n, r)``; the closed forms (polynomials in t, m, n, r) stay available as
+    ``poly.flops``, ``poly.saved_bytes`` and ``poly.bytes_moved`` (``poly`` is the :class:`Choice`).
+
+    Attributes
+    ----------
+    forward, backward : Graph
+    tokens, m, n, r : int
+    flops, saved_bytes, bytes_moved : int
+    poly : Choice
+    """
+
+    forward: Graph
+    backward: Graph
+    tokens: int
+    m: int
+    n: int
+    r: int
+    flops: int
+    saved_bytes: int
+    bytes_moved: int
+    poly: Choice = field(repr=False)
+
+    @classmethod
+    def of(cls, choice: Choice, t: int, m: int, n: int, r: int) -> "Selection":
+        v = choice.at(t, m, n, r)
+        return cls(choice.forward, choice.backward, int(t), int(m), int(n), int(r), int(v["flops"]),
+                   int(v["saved_bytes"]), int(v["bytes_moved"]), choice)
+
+    @property
+    def name(self) -> str:
+        return self.poly.name
+
+    def at(self, t: int, m: int, n: int, r: int) -> dict:
+        """Costs at another size (from the polynomials)."""
+        return self.poly.at(t, m, n, r)
+
+    def __repr__(self) -> str:
+        return (f"Selection({self.name} at t={self.tokens}, m={self.m}, n={self.n}, r={self.r}: "
+                f"flops={self.flops:,}, saved_bytes={self.saved_bytes:,}, bytes_moved={self.bytes_moved:,})")
 
 
 @dataclass
@@ -115,7 +161,7 @@ class Plan:
         return [s.t_from for s in self.segments[1:]]
 
     @property
-    def choice(self) -> Choice:
+    def choice(self) -> Selection:
         """The pair for ``tokens`` (or for ``reference_tokens`` when the plan covers all t)."""
         return self.select(self.tokens or self.reference_tokens)
 
@@ -127,12 +173,16 @@ class Plan:
     def backward(self) -> Graph:
         return self.choice.backward
 
-    def select(self, tokens: int) -> Choice:
-        """The optimal pair for a batch of ``tokens`` rows."""
+    def select(self, tokens: int) -> Selection:
+        """The optimal pair for a batch of ``tokens`` rows, with its costs at that size.
+
+        Returns a :class:`Selection`: ``.flops``, ``.saved_bytes`` and ``.bytes_moved`` are numbers
+        at ``tokens``; ``.poly`` holds the pair's cost polynomials.
+        """
         check_positive_int(tokens, "tokens")
         for seg in self.segments:
             if tokens >= seg.t_from and (seg.t_to is None or tokens <= seg.t_to):
-                return seg.choice
+                return Selection.of(seg.choice, tokens, self.m, self.n, self.r)
         raise ValueError(f"tokens={tokens} is outside the planned range (memory budget?)")
 
     def gain_over_peft(self, tokens: int | None = None) -> dict:
