@@ -46,17 +46,13 @@ def add_arguments(parser):
     parser.add_argument("--only", nargs="+", default=None, help="config names to run")
 
 
-def _cache_dir() -> Path:
-    d = Path(os.environ.get("LRMATH_CACHE_DIR") or Path.home() / ".cache" / "lrmath") / "bench"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def _features():
     """MiniLM embeddings of the MR sentences and the seeded split (cached as .npz)."""
     import numpy as np
 
-    path = _cache_dir() / "mr_minilm_features.npz"
+    from lrmath._progress import cache_dir
+
+    path = Path(cache_dir("bench")) / "mr_minilm_features.npz"
     if not path.exists():
         from lrmath import data
 

@@ -1,8 +1,10 @@
 """RunLoRA: one LoRA layer forward+backward vs the real PEFT layer vs the frozen linear; decoder block step.
 
 Rows report the median time (interleaved rounds), the relative spread (max-min)/median, the
-ratio to the frozen linear (the floor: a LoRA layer cannot be cheaper) and the speed-up over
-PEFT; "ours" is the PEFT layer after ``lrmath.torch.convert_peft`` with the given planner
+ratio to the frozen linear (the floor: a LoRA layer cannot be cheaper) and, against PEFT eager
+and PEFT under ``torch.compile`` (inductor), the *paired* per-round ratio ours / peer: median
+[min-max] and the rounds ours was faster; the verdict says "faster" only where the paired median
+and most rounds agree, "slower" past 5%, else "on par" (decisions.md); "ours" is the PEFT layer after ``lrmath.torch.convert_peft`` with the given planner
 objective ("time" = candidates measured on this machine, cached; "flops" = the FLOP-optimal
 pair), "paper" the RunLoRA authors' FLOP-best named pair (forwardK/backwardK) run through the
 same executor.  Saved activation bytes are measured with ``saved_tensors_hooks``.
@@ -95,7 +97,8 @@ def _layer_rows(args, torch, peft, device, dtypes, cases):
             def step(mod):
                 return lambda: mod(x).backward(dy)
 
-            fns = {"frozen": step(frozen), "peft": step(peft_layer)}
+            fns = {"frozen": step(frozen), "peft": step(peft_layer),
+                   "peft compiled": step(torch.compile(peft_layer))}
             for obj, mod in ours.items():
                 fns[f"ours({obj})"] = step(mod)
             fns["paper"] = step(paper)
@@ -109,9 +112,7 @@ def _layer_rows(args, torch, peft, device, dtypes, cases):
                 if k == "frozen":
                     continue
                 row[f"{k} /frozen"] = res[k]["median"] / fl
-            for k in fns:
-                if k.startswith("ours"):
-                    row[f"{k} speed-up vs peft"] = res["peft"]["median"] / res[k]["median"]
+            _paired_cols(row, res, fns)
             row["max spread"] = max(v["spread"] for v in res.values())
             params = [p for p in peft_layer.parameters()]
             row["peft saved MiB"] = _saved_bytes(torch, lambda: peft_layer(x), params) / 2**20
@@ -128,6 +129,17 @@ def _layer_rows(args, torch, peft, device, dtypes, cases):
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "_samples"},
                   flush=True)
     return rows
+
+
+def _paired_cols(row, res, names):
+    from benchmarks._harness import fmt_paired, paired, verdict
+
+    for k in names:
+        if k.startswith("ours"):
+            for peer in ("peft", "peft compiled"):
+                pr = paired(res, k, peer)
+                row[f"{k} / {peer} (paired)"] = fmt_paired(pr)
+                row[f"{k} vs {peer}"] = verdict(pr)
 
 
 class _Block:
@@ -186,7 +198,7 @@ def _block_rows(args, torch, peft, device, dtypes):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pm = peft.get_peft_model(copy.deepcopy(block), cfg)
-        models = {"peft": pm}
+        models = {"peft": pm, "peft compiled": torch.compile(pm)}
         for obj in args.objectives:
             q = copy.deepcopy(pm)
             convert_peft(q, objective=obj)
@@ -205,7 +217,7 @@ def _block_rows(args, torch, peft, device, dtypes):
         for k in models:
             if k != "peft":
                 row[f"{k} ms"] = 1e3 * res[k]["median"]
-                row[f"{k} speed-up vs peft"] = res["peft"]["median"] / res[k]["median"]
+        _paired_cols(row, res, models)
         row["max spread"] = max(v["spread"] for v in res.values())
         row["_samples"] = {k: v["samples"] for k, v in res.items()}
         rows.append(row)

@@ -139,3 +139,17 @@ def test_inductor_float32_all_layers():
     assert abs(float(loss1.detach()) - float(loss0)) <= tol * abs(float(loss0))
     for k, p in tm.trainable(model).items():
         assert float((p.grad - g0[k]).abs().max()) <= tol * float(g0[k].abs().max()), k
+
+
+def test_sparsegrad_copy_gets_its_own_handle():
+    """The compiled path finds the layer by an int handle: a deepcopy must not point at the original."""
+    import copy
+
+    import numpy as np
+
+    from lrmath.torch import SparseGradLinear
+    from lrmath.torch._compile import lookup
+
+    layer = SparseGradLinear(torch.randn(8, 8), None, "random", "random", np.array([1, 5, 9]))
+    twin = copy.deepcopy(layer)
+    assert lookup(layer._handle) is layer and lookup(twin._handle) is twin

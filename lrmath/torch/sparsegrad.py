@@ -332,6 +332,11 @@ class SparseGradLinear(nn.Module):
         self.rows_touched, self.cols_touched = int(I.size), int(J.size)
         self._handle = handle(self, weak=True)
 
+    def __setstate__(self, state):
+        # a copy (deepcopy, pickle) needs its own handle: the compiled path looks the layer up by it
+        super().__setstate__(state)
+        self._handle = handle(self, weak=True)
+
     @property
     def nnz(self) -> int:
         return int(self.indices.size)
