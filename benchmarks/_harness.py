@@ -189,6 +189,8 @@ def env_info(device: str = "cpu") -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "device": device,
+        # the machine is shared: the load at write time tells how far absolute times are inflated
+        "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     for mod in ("numpy", "scipy", "torch", "peft", "cupy", "numba", "lrmath"):
         m = sys.modules.get(mod)
