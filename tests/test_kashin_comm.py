@@ -23,7 +23,7 @@ def _dense_Q(N, seed):
     return hadamard(N) / math.sqrt(N) * d[None, :]  # Q = H D / sqrt(N)
 
 
-@pytest.mark.parametrize("N", [8, 64, 256])
+@pytest.mark.parametrize("N", [8, 64, 256, 2048])  # 2048: the butterfly FWHT path
 def test_split_is_exact_and_flat_against_dense_frame(N):
     torch.manual_seed(N)
     x = torch.randn(20, N, dtype=torch.float64)

@@ -82,9 +82,25 @@ def _signs(N: int, seed: int, device, dtype) -> torch.Tensor:
     return _SIGNS[key]
 
 
+_H: dict = {}
+
+
 def _fwht(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal Walsh-Hadamard transform of the rows of ``x`` (n, N)."""
+    """Orthonormal Walsh-Hadamard transform of the rows of ``x`` (n, N).
+
+    For ``N <= 1024`` a GEMM with the dense Sylvester matrix (``2N`` flops per entry instead of
+    ``log2 N`` adds, but one BLAS call instead of ``log2 N`` passes: measured 1.6x faster on CPU at
+    N = 256); the butterfly passes beyond.
+    """
     n, N = x.shape
+    if N <= 1024:
+        key = (N, x.dtype, str(x.device))
+        if key not in _H:
+            H = torch.ones(1, 1, dtype=torch.float64)
+            while H.shape[0] < N:
+                H = torch.cat((torch.cat((H, H), 1), torch.cat((H, -H), 1)), 0)
+            _H[key] = (H / math.sqrt(N)).to(device=x.device, dtype=x.dtype)
+        return x @ _H[key]
     h = 1
     while h < N:
         y = x.reshape(n, N // (2 * h), 2, h)
