@@ -33,6 +33,7 @@ CONFIGS = {
     "PowerSGD rank 1": {"hook": "powersgd", "rank": 1},
     "PowerSGD rank 2": {"hook": "powersgd", "rank": 2},
     "PowerSGD rank 4": {"hook": "powersgd", "rank": 4},
+    "PowerSGD rank 8": {"hook": "powersgd", "rank": 8},  # about Kashin 2 bits' bytes
     "PowerSGD rank 32": {"hook": "powersgd", "rank": 32},
     "Kashin 2 bits": {"hook": "kashin", "bits": 2},
     "Kashin 3 bits": {"hook": "kashin", "bits": 3},
