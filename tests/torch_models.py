@@ -109,8 +109,7 @@ def batch(n=2, s=8, seed=0):
 
 def loss_fn(model, ids):
     """Mean next-token loss (Llama) or a fixed random projection of the last hidden state (BERT)."""
-    out = model(input_ids=ids) if not hasattr(model, "lm_head") and not hasattr(model, "base_model") \
-        else model(input_ids=ids)
+    out = model(input_ids=ids)
     if hasattr(out, "logits"):
         logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
         return torch.nn.functional.cross_entropy(logits, ids[:, 1:].reshape(-1))
