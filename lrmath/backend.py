@@ -27,11 +27,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import (
+    ArgumentTypeError,
+    BackendUnavailableError,
     DeviceError,
     DTypeError,
     EmptyInputError,
+    IndexRangeError,
     NonFiniteError,
+    OptionError,
     ShapeError,
+    SizeLimitError,
 )
 
 __all__ = [
@@ -50,6 +55,15 @@ __all__ = [
     "check_array",
     "check_finite",
     "check_positive_int",
+    "check_int",
+    "check_float",
+    "check_bool",
+    "check_choice",
+    "check_axis",
+    "check_size",
+    "check_path",
+    "require_module",
+    "finite_or_raise",
     "available_backends",
 ]
 
@@ -251,7 +265,7 @@ def convert(x: Any, kind: str, device: Any = None):
         if type(x).__module__.startswith("array_api_strict"):
             return x
         return xps.asarray(to_numpy(x))
-    raise ValueError(f"unknown array kind {kind!r}")
+    raise OptionError(f"unknown array kind {kind!r}; choose one of ['numpy', 'torch', 'cupy', 'array_api_strict']")
 
 
 def like(x: Any, ref: Any):
@@ -316,8 +330,10 @@ def check_array(
     name_dt = _dtype_name(dt)
     if dtype == "float" and not _is_float_dtype(xp, dt):
         raise DTypeError(f"{name} must have a real floating dtype, got {name_dt}")
-    if dtype == "real" and (name_dt.startswith("complex") or name_dt == "bool"):
-        raise DTypeError(f"{name} must be real-valued, got {name_dt}")
+    if dtype == "real" and not (_is_float_dtype(xp, dt) or name_dt.startswith(("int", "uint"))):
+        raise DTypeError(f"{name} must be real-valued (integer or floating), got {name_dt}")
+    if dtype not in ("float", "real", "any"):
+        raise OptionError(f"dtype must be one of ['float', 'real', 'any'], got {dtype!r}")
     if nonempty and any(s == 0 for s in shp):
         raise EmptyInputError(f"{name} is empty (shape {shp})")
     if finite and _is_float_dtype(xp, dt):
@@ -337,15 +353,193 @@ def check_finite(x: Any, name: str = "x") -> None:
         raise NonFiniteError(f"{name} holds {bad} NaN/Inf value(s)")
 
 
-def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
-    """Validate an integer parameter in ``[minimum, maximum]``; return it as ``int``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type = OptionError,
+) -> int:
+    """Validate a strict integer parameter in ``[minimum, maximum]``; return it as ``int``.
+
+    ``bool``, ``float`` (even ``2.0``), strings and arrays are refused with
+    :class:`ArgumentTypeError`; Python ints and NumPy integer scalars are accepted.
+    Out of range raises ``error`` (an :class:`OptionError` by default; pass
+    :class:`RankError` for ranks), naming the allowed range.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     v = int(value)
-    if v < minimum or (maximum is not None and v > maximum):
-        rng = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be {rng}, got {v}")
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        if minimum is not None and maximum is not None:
+            rng = f"in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            rng = f">= {minimum}"
+        else:
+            rng = f"<= {maximum}"
+        raise error(f"{name} must be {rng}, got {v}")
     return v
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None, error: type = OptionError) -> int:
+    """Validate an integer parameter in ``[minimum, maximum]``; return it as ``int``.
+
+    A wrong type raises :class:`ArgumentTypeError` (a ``TypeError``), a value out of
+    range ``error`` (an :class:`OptionError`, a ``ValueError``, by default).
+    """
+    return check_int(value, name, minimum=minimum, maximum=maximum, error=error)
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    finite: bool = True,
+) -> float:
+    """Validate a real scalar (int, float or NumPy real scalar; not bool/complex/str).
+
+    ``min_open``/``max_open`` make the bounds strict. Returns it as ``float``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentTypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if np.isnan(v) or (finite and not np.isfinite(v)):
+        raise NonFiniteError(f"{name} must be a finite number, got {v}")
+    lo_bad = minimum is not None and (v <= minimum if min_open else v < minimum)
+    hi_bad = maximum is not None and (v >= maximum if max_open else v > maximum)
+    if lo_bad or hi_bad:
+        lo = "-inf" if minimum is None else repr(minimum)
+        hi = "inf" if maximum is None else repr(maximum)
+        rng = ("(" if min_open or minimum is None else "[") + f"{lo}, {hi}" + (")" if max_open or maximum is None else "]")
+        raise OptionError(f"{name} must be in {rng}, got {v}")
+    return v
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Validate a flag: ``True``/``False`` (or a NumPy bool) only."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """Validate that ``value`` is one of ``choices`` (compared by equality, types must match).
+
+    An unknown value raises :class:`OptionError` listing the allowed ones; a value of
+    an unhashable or foreign type (a list where a name is expected) raises the same.
+    """
+    allowed = list(choices)
+    for c in allowed:
+        if type(value) is type(c) and value == c:
+            return value
+    raise OptionError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """Validate an axis of an ``ndim``-D array; negative axes count from the end.
+
+    Axes outside ``[-ndim, ndim)`` raise :class:`IndexRangeError` (no modulo wrap).
+    Returns the non-negative axis.
+    """
+    a = check_int(axis, name)
+    if not -ndim <= a < ndim:
+        raise IndexRangeError(f"{name}={a} is out of range for a {ndim}-D array (valid: {-ndim}..{ndim - 1})")
+    return a % ndim if ndim else a
+
+
+def _memory_limit() -> int:
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 2**40
+
+
+def check_size(shape: Any, name: str = "result", *, itemsize: int = 8, limit: int | None = None) -> int:
+    """Refuse an allocation larger than ``limit`` bytes (default: this machine's physical memory).
+
+    ``shape`` is an element count or a shape; returns the element count. Raises
+    :class:`SizeLimitError` stating the limit, instead of a ``MemoryError`` deep inside.
+    """
+    if isinstance(shape, (int, np.integer)):
+        count = int(shape)
+    else:
+        count = 1
+        for d in shape:
+            count *= int(d)
+    lim = _memory_limit() if limit is None else int(limit)
+    if count * int(itemsize) > lim:
+        raise SizeLimitError(
+            f"{name} would need {count:,} elements ({count * int(itemsize) / 2**30:.3g} GiB), "
+            f"over the limit of {lim / 2**30:.3g} GiB"
+        )
+    return count
+
+
+def check_path(path: Any, name: str = "path", *, must_exist: bool = True, kind: str = "file"):
+    """Validate a filesystem path argument; return it as ``pathlib.Path``.
+
+    Raises :class:`ArgumentTypeError` for a non-path, ``FileNotFoundError`` for a
+    missing file (``must_exist``), ``IsADirectoryError``/``NotADirectoryError`` for the
+    wrong kind; the latter are built-in ``OSError`` s (the caller's file, not lrmath's input check).
+    """
+    import os
+    from pathlib import Path
+
+    if not isinstance(path, (str, os.PathLike)) or (isinstance(path, str) and not path):
+        raise ArgumentTypeError(f"{name} must be a non-empty path (str or os.PathLike), got {path!r}")
+    p = Path(path)
+    if must_exist:
+        if not p.exists():
+            raise FileNotFoundError(f"{name}: no such file: {str(p)!r}")
+        if kind == "file" and p.is_dir():
+            raise IsADirectoryError(f"{name}: is a directory, not a file: {str(p)!r}")
+        if kind == "dir" and not p.is_dir():
+            raise NotADirectoryError(f"{name}: not a directory: {str(p)!r}")
+    return p
+
+
+def require_module(module: str, feature: str = "", extra: str | None = None):
+    """Import an optional dependency or raise :class:`BackendUnavailableError` naming it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        what = f" for {feature}" if feature else ""
+        hint = f" (pip install 'lrmath[{extra}]')" if extra else ""
+        raise BackendUnavailableError(f"{module} is needed{what} but is not available{hint}: {exc}") from exc
+
+
+def finite_or_raise(x: Any, name: str = "result", hint: str = "") -> Any:
+    """Return ``x`` (array or scalar) if it is finite; otherwise raise :class:`NonFiniteError`.
+
+    Used on results computed from finite inputs, so an overflow (e.g. a Gram matrix of
+    entries near 1e300) is refused with a clear message instead of returned.
+    """
+    if isinstance(x, (int, np.integer)):
+        return x
+    if isinstance(x, (float, np.floating)):
+        ok = bool(np.isfinite(x))
+    elif hasattr(x, "dtype") and hasattr(x, "shape"):
+        if not _is_float_dtype(None, x.dtype):
+            return x
+        try:
+            check_finite(x, name)
+            return x
+        except NonFiniteError:
+            ok = False
+    else:
+        return x
+    if not ok:
+        raise NonFiniteError(f"{name} overflowed to NaN/Inf" + (f"; {hint}" if hint else "; the inputs are too large in magnitude (rescale them)"))
+    return x
 
 
 # ----------------------------------------------------------------------------- discovery

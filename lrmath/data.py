@@ -66,7 +66,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailableError, DTypeError, EmptyInputError, FormatError
+from .errors import (
+    ArgumentTypeError,
+    BackendUnavailableError,
+    DTypeError,
+    EmptyInputError,
+    FormatError,
+    OptionError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -439,7 +446,7 @@ def _sentences(sentences: str | Sequence[str], name: str = "sentences") -> list[
         raise EmptyInputError(f"{name} is empty")
     bad = [type(s).__name__ for s in items if not isinstance(s, str)]
     if bad:
-        raise TypeError(f"{name} must be strings, got {sorted(set(bad))}")
+        raise ArgumentTypeError(f"{name} must be strings, got {sorted(set(bad))}")
     return items
 
 
@@ -826,9 +833,9 @@ def _resolve_linear(model: Any, name: str):
             continue
         weight = getattr(getattr(mod, "base_layer", mod), "weight", None)
         if weight is None or weight.ndim != 2:
-            raise ValueError(f"{name!r} is not a linear layer (no 2-D weight)")
+            raise OptionError(f"{name!r} is not a linear layer (no 2-D weight)")
         return mod, weight
-    raise ValueError(f"model has no submodule {name!r}; linear layers: {[n for n, _ in linear_layers()][:8]}...")
+    raise OptionError(f"model has no submodule {name!r}; linear layers: {[n for n, _ in linear_layers()][:8]}...")
 
 
 def capture_linears(
@@ -903,14 +910,14 @@ def capture_linears(
     if optimizer_lr is not None and not (
         isinstance(optimizer_lr, (int, float)) and optimizer_lr > 0 and math.isfinite(optimizer_lr)
     ):
-        raise ValueError(f"optimizer_lr must be a positive finite number or None, got {optimizer_lr!r}")
+        raise OptionError(f"optimizer_lr must be a positive finite number or None, got {optimizer_lr!r}")
     if model is None:
         model = load_model()
     names = list(layers) if layers is not None else _task_layers()
     if not names:
         raise EmptyInputError("layers is empty")
     if len(set(names)) != len(names):
-        raise ValueError(f"layers has duplicates: {names}")
+        raise OptionError(f"layers has duplicates: {names}")
     targets = {n: _resolve_linear(model, n) for n in names}
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -963,7 +970,7 @@ def capture_linears(
             for n, (_, w) in targets.items():
                 r = records[n]
                 if not r["X"] or any(g is None for g in r["dY"]) or w.grad is None:
-                    raise ValueError(f"layer {n!r} is not on the path of the task loss (no gradient reached it)")
+                    raise OptionError(f"layer {n!r} is not on the path of the task loss (no gradient reached it)")
                 X = torch.cat(r["X"])
                 dY = torch.cat(r["dY"])
                 if not include_padding:

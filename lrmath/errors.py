@@ -17,6 +17,10 @@ __all__ = [
     "DeviceError",
     "FormatError",
     "BackendUnavailableError",
+    "OptionError",
+    "ArgumentTypeError",
+    "SizeLimitError",
+    "IndexRangeError",
 ]
 
 
@@ -54,3 +58,22 @@ class FormatError(LrmathError, ValueError):
 
 class BackendUnavailableError(LrmathError, ImportError):
     """An optional backend (CuPy, Numba, torch, a GPU) is not available."""
+
+
+class OptionError(LrmathError, ValueError):
+    """A scalar parameter or option has a bad value: an unknown choice (the message lists the
+    allowed ones), a number out of its stated range, or options that contradict each other."""
+
+
+class ArgumentTypeError(LrmathError, TypeError):
+    """A parameter has the wrong Python type (a float or bool where an integer is required,
+    a string where a number is, ...). Arrays with a wrong dtype raise :class:`DTypeError`."""
+
+
+class SizeLimitError(OptionError):
+    """A requested size exceeds a stated limit (the message states it); raised up front
+    instead of a ``MemoryError`` deep inside an allocation."""
+
+
+class IndexRangeError(OptionError, IndexError):
+    """An index (a column, a flat position, an order number) lies outside its valid range."""

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import rng
 from .backend import as_compute, backend_name, check_array, device_of, like, restore
-from .errors import ShapeError
+from .errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
     "KINDS",
@@ -201,12 +201,12 @@ class OrthogonalOperator:
 
     def __init__(self, kind: str, n: int, seed: int = 0, *, factors: Sequence["OrthogonalOperator"] | None = None):
         if kind not in KINDS:
-            raise ValueError(f"unknown operator kind {kind!r}; choose one of {KINDS}")
+            raise OptionError(f"unknown operator kind {kind!r}; choose one of {KINDS}")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"operator size must be a positive integer, got {n!r}")
+            raise OptionError(f"operator size must be a positive integer, got {n!r}")
         if kind == "kron":
             if not factors:
-                raise ValueError("a 'kron' operator needs factors")
+                raise OptionError("a 'kron' operator needs factors")
             if int(np.prod([f.n for f in factors])) != n:
                 raise ShapeError(f"kron factor sizes {[f.n for f in factors]} do not multiply to {n}")
         self.kind = kind
@@ -388,13 +388,13 @@ def orthogonal(kind: str | dict | OrthogonalOperator, n: int | None = None, seed
     if isinstance(kind, dict):
         return OrthogonalOperator.from_spec(kind)
     if n is None:
-        raise TypeError("orthogonal() needs the size n")
+        raise ArgumentTypeError("orthogonal() needs the size n")
     return OrthogonalOperator(kind, n, seed)
 
 
 def kron(*factors: OrthogonalOperator) -> OrthogonalOperator:
     """Kronecker product ``Q_1 kron Q_2 kron ...`` (acts on a vector reshaped to ``(n_1, n_2, ...)``)."""
     if not factors:
-        raise ValueError("kron needs at least one factor")
+        raise OptionError("kron needs at least one factor")
     n = int(np.prod([f.n for f in factors]))
     return OrthogonalOperator("kron", n, 0, factors=factors)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from .errors import OptionError, ArgumentTypeError
 
 __all__ = [
     "MIX_M1",
@@ -73,9 +74,9 @@ def stream_key(seed: int, stream: int = 0) -> int:
     """64-bit key of ``(seed, stream)``; both must be non-negative integers below 2**64."""
     for name, v in (("seed", seed), ("stream", stream)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {v!r}")
+            raise ArgumentTypeError(f"{name} must be an integer, got {v!r}")
         if not 0 <= int(v) <= _MASK:
-            raise ValueError(f"{name} must be in [0, 2**64), got {v}")
+            raise OptionError(f"{name} must be in [0, 2**64), got {v}")
     return _mix_int((int(seed) * GOLDEN + _mix_int(int(stream) + STREAM_C)) & _MASK)
 
 
@@ -157,7 +158,7 @@ def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np
     if _is_torch_ns(xp):
         return _via_host(integers, xp, device, seed, stream, shape, high, offset=offset)
     if isinstance(high, bool) or not isinstance(high, (int, np.integer)) or not 1 <= int(high) <= 2**32:
-        raise ValueError(f"high must be an integer in [1, 2**32], got {high!r}")
+        raise OptionError(f"high must be an integer in [1, 2**32], got {high!r}")
     b = random_bits(seed, stream, shape, offset=offset, xp=xp, device=device)
     v = ((b >> 32) * xp.asarray(int(high), dtype=xp.uint64)) >> 32
     return xp.astype(v, xp.int64)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .backend import backend_name, to_numpy
+from .errors import ArgumentTypeError
 
 __all__ = ["eps", "tolerance", "assert_close", "z_limit", "z_score", "assert_z"]
 
@@ -31,7 +32,7 @@ def eps(dtype: Any) -> float:
     """Machine epsilon of a floating dtype (numpy, torch, cupy, array-API or ml_dtypes)."""
     name = _name(dtype)
     if name not in _EPS:
-        raise TypeError(f"no epsilon for dtype {name}")
+        raise ArgumentTypeError(f"no epsilon for dtype {name}")
     return _EPS[name]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, OptionError
 from ..registry import command, tour_section
 
 DEFAULT_EXCLUDE = ("*embed*", "*head*", "*classifier*", "*pooler*")
@@ -167,7 +167,7 @@ def _dequantize_run(args, ctx):
     for name, q in ctx.progress(list(entries.items()), desc="dequantize"):
         dt = getattr(torch, args.dtype or q.dtype, None)
         if not isinstance(dt, torch.dtype):
-            raise ValueError(f"unknown dtype {args.dtype or q.dtype!r}")
+            raise OptionError(f"unknown dtype {args.dtype or q.dtype!r}")
         out[name] = torch.from_numpy(q.dequantize(np.float32)).to(dt).contiguous()
     atomic_write(args.output, lambda tmp: save_file(out, tmp))
     ctx.print(f"{len(entries)} tensors dequantized, {len(out) - len(entries)} copied -> {args.output}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, OptionError
 from . import format as fmt
 from .quantize import _check_weight
 
@@ -26,9 +26,9 @@ __all__ = ["rtn_quantize", "RTNQuantized", "hqq_quantize", "hqq_available"]
 
 def _check_bits_group(bits, group):
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer 1..8, got {bits!r}")
+        raise OptionError(f"bits must be an integer 1..8, got {bits!r}")
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
-        raise ValueError(f"group must be a positive integer, got {group!r}")
+        raise OptionError(f"group must be a positive integer, got {group!r}")
 
 
 @dataclass
@@ -125,7 +125,7 @@ def hqq_quantize(W, bits: int = 2, group: int = 64, *, optimize: bool = True) ->
 
     out, inn = A.shape
     if (out * inn) % group:  # hqq groups the row-major flattened matrix, like rtn_quantize
-        raise ValueError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
+        raise OptionError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
     t = torch.from_numpy(np.array(A, dtype=np.float32, copy=True))
     Wq, meta = Quantizer.quantize(t, nbits=bits, group_size=group, optimize=optimize, axis=1, bitpack=False,
                                   compute_dtype=torch.float32, device="cpu")

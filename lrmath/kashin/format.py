@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, OptionError
 
 __all__ = [
     "FORMAT",
@@ -52,9 +52,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """
     c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+        raise OptionError(f"bits must be in 1..8, got {bits}")
     if c.size and int(c.max()) >= (1 << bits):
-        raise ValueError(f"a code {int(c.max())} does not fit in {bits} bits")
+        raise OptionError(f"a code {int(c.max())} does not fit in {bits} bits")
     if bits == 8:
         return c.copy()
     if 8 % bits == 0:
@@ -142,7 +142,7 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
     use_torch = False
     for name, a in (plain or {}).items():
         if name in tensors:
-            raise ValueError(f"plain tensor {name!r} collides with a quantized entry")
+            raise OptionError(f"plain tensor {name!r} collides with a quantized entry")
         if isinstance(a, np.ndarray):
             tensors[name] = np.ascontiguousarray(a)
         else:  # a torch tensor (bfloat16 has no NumPy dtype): write the file through torch

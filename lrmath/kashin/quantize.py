@@ -39,7 +39,15 @@ import numpy as np
 
 from .. import ops
 from ..backend import check_array, to_numpy
-from ..errors import DTypeError, EmptyInputError, FormatError, NonFiniteError, ShapeError
+from ..errors import (
+    ArgumentTypeError,
+    DTypeError,
+    EmptyInputError,
+    FormatError,
+    NonFiniteError,
+    OptionError,
+    ShapeError,
+)
 from . import format as fmt
 from .decompose import _frame_rows, as_operator, decompose
 
@@ -59,10 +67,10 @@ _TRACK = False  # record the error after every sweep in ``info['sweep_error']`` 
 def split_bits(bits) -> tuple[int, int]:
     """``bits`` (2..8, both factors together) -> ``(bits_u, bits_v)``; odd totals give ``u`` the extra bit."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise TypeError(f"bits must be an integer 2..8, got {bits!r} ({type(bits).__name__})")
+        raise ArgumentTypeError(f"bits must be an integer 2..8, got {bits!r} ({type(bits).__name__})")
     bits = int(bits)
     if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8 (code bits per weight for u and v together), got {bits}")
+        raise OptionError(f"bits must be in 2..8 (code bits per weight for u and v together), got {bits}")
     return (bits + 1) // 2, bits // 2
 
 
@@ -274,9 +282,9 @@ def _check_weight(W, name="W"):
 
 def _basis_op(basis, block, seed):
     if isinstance(basis, str) and basis == "kron":
-        raise ValueError("basis='kron' needs explicit factors: pass ops.kron(...) as the basis")
+        raise OptionError("basis='kron' needs explicit factors: pass ops.kron(...) as the basis")
     if isinstance(basis, str) and basis not in ops.KINDS:
-        raise ValueError(f"unknown basis {basis!r}; choose one of {ops.KINDS[:-1]} or pass an operator")
+        raise OptionError(f"unknown basis {basis!r}; choose one of {ops.KINDS[:-1]} or pass an operator")
     return as_operator(basis, block, seed)
 
 
@@ -308,13 +316,13 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     """
     bu, bv = split_bits(bits)
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 8 or block % 8:
-        raise ValueError(f"block must be a positive multiple of 8, got {block!r}")
+        raise OptionError(f"block must be a positive multiple of 8, got {block!r}")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise OptionError(f"unknown method {method!r}; choose one of {METHODS}")
     if iters is None:
         iters = 10
     if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+        raise OptionError(f"iters must be a non-negative integer, got {iters!r}")
     A, dtype_name = _check_weight(W)
     op = _basis_op(basis, int(block), int(seed))
     N = op.n
@@ -326,7 +334,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     cu, cv, alpha, beta, Tu, Tv, info = _encode_blocks(X, op, bu, bv, method, int(iters))
     for nm, s in (("alpha", alpha), ("beta", beta)):
         if np.max(np.abs(s), initial=0.0) > _F16_MAX:
-            raise ValueError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range; rescale W first")
+            raise OptionError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range; rescale W first")
     q = KashinQuantized(
         shape=(out, inn), dtype=dtype_name, block=N, bits_u=bu, bits_v=bv, basis=op.spec, method=method,
         codes_u=fmt.pack_codes(cu, bu), codes_v=fmt.pack_codes(cv, bv),

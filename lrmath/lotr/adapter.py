@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..backend import array_namespace, check_array, check_positive_int
-from ..errors import RankError, ShapeError
+from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["CHAINS", "AUTOGRAD_ORDERS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
 
@@ -120,7 +120,7 @@ def _norm_tree(tree):
     if len(tree) == 1:
         return _norm_tree(tree[0])
     if len(tree) != 2:
-        raise ValueError(f"expected a binary tree of factor indices, got {tree!r}")
+        raise OptionError(f"expected a binary tree of factor indices, got {tree!r}")
     return (_norm_tree(tree[0]), _norm_tree(tree[1]))
 
 
@@ -327,15 +327,15 @@ def plan(t: int, m: int, n: int, r: int, L: int = 1, *, r_b: int | None = None,
         items = []
         for nm, tr in orders.items():
             if nm not in names:
-                raise ValueError(f"unknown chain {nm!r}; chains of this plan: {names}")
+                raise OptionError(f"unknown chain {nm!r}; chains of this plan: {names}")
             opts = chain_orders(tuple(_dims_of(CHAINS[nm], size)))
             if isinstance(tr, int):
                 if not 0 <= tr < len(opts):
-                    raise ValueError(f"order index {tr} out of range for chain {nm!r} ({len(opts)} orders)")
+                    raise OptionError(f"order index {tr} out of range for chain {nm!r} ({len(opts)} orders)")
                 tr = opts[tr][0]
             tr = _norm_tree(tr)
             if tr not in [o[0] for o in opts]:
-                raise ValueError(f"{tr!r} is not an order of the {len(CHAINS[nm])}-factor chain {nm!r}")
+                raise OptionError(f"{tr!r} is not an order of the {len(CHAINS[nm])}-factor chain {nm!r}")
             items.append((nm, tr))
         fixed = tuple(sorted(items, key=lambda kv: kv[0]))
     return _plan_cached(t, m, n, ra, rb, L, bool(shared_input), bool(backward), fixed)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..backend import array_namespace, as_compute, check_array, check_positive_int
-from ..errors import RankError, ShapeError
+from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["Tucker2", "tucker2", "hosvd2", "reconstruct", "relative_error", "check_ranks"]
 
@@ -265,7 +265,7 @@ def tucker2(
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     tol = float(tol)
     if not tol >= 0 or math.isinf(tol):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol}")
+        raise OptionError(f"tol must be a finite number >= 0, got {tol}")
     xp, Tc, _ = as_compute(T)
     L, m, n = (int(s) for s in Tc.shape)
     tiny = 64 * _eps(Tc.dtype)
@@ -291,7 +291,7 @@ def tucker2(
         B = xp.linalg.qr(xp.astype(B0, Tc.dtype))[0]
         init_name = "given"
     else:
-        raise ValueError(f"init must be 'hosvd', 'random' or a pair (A, B), got {init!r}")
+        raise OptionError(f"init must be 'hosvd', 'random' or a pair (A, B), got {init!r}")
 
     G = xp.matmul(xp.matmul(_mT(xp, A), Tc), B)
     errors = [relative_error(Tc, reconstruct(A, G, B))]

@@ -63,7 +63,7 @@ import numpy as np
 
 from .. import rng
 from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
-from ..errors import ShapeError
+from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
     "KINDS",
@@ -142,12 +142,12 @@ def _ns(A):
 def check_k(k: Any, t: int, *, name: str = "k") -> int:
     """Validate a sketch size: an integer with ``1 <= k <= t`` (clear errors otherwise)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {k!r}")
+        raise ArgumentTypeError(f"{name} must be an integer, got {k!r}")
     k = int(k)
     if k < 1:
-        raise ValueError(f"sketch size {name}={k} must be at least 1")
+        raise OptionError(f"sketch size {name}={k} must be at least 1")
     if k > t:
-        raise ValueError(f"sketch size {name}={k} exceeds the number of rows t={t}; a sketch cannot be larger than the product's inner dimension")
+        raise OptionError(f"sketch size {name}={k} exceeds the number of rows t={t}; a sketch cannot be larger than the product's inner dimension")
     return k
 
 
@@ -174,17 +174,17 @@ def sampling_probabilities(X, Y=None, probs: str | Any = "xy") -> np.ndarray:
             w = np.sqrt(_row_sq_norms(X))
         elif probs == "xy":
             if Y is None:
-                raise ValueError("probs='xy' needs Y (use probs='x' or 'uniform' when only X is known)")
+                raise OptionError("probs='xy' needs Y (use probs='x' or 'uniform' when only X is known)")
             w = np.sqrt(_row_sq_norms(X) * _row_sq_norms(Y))
         else:
-            raise ValueError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
+            raise OptionError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
         s = w.sum()
         return w / s if s > 0 else np.full(t, 1.0 / t)
     p = np.asarray(to_numpy(probs), dtype=np.float64)
     if p.shape != (t,):
         raise ShapeError(f"probabilities must have shape ({t},), got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or not abs(p.sum() - 1.0) < 1e-6:
-        raise ValueError("probabilities must be finite, non-negative and sum to 1")
+        raise OptionError("probabilities must be finite, non-negative and sum to 1")
     return p / p.sum()
 
 
@@ -197,10 +197,10 @@ def bernoulli_probabilities(weights, k: float) -> np.ndarray:
     """
     w = np.asarray(to_numpy(weights), dtype=np.float64)
     if np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError("weights must be finite and non-negative")
+        raise OptionError("weights must be finite and non-negative")
     t = w.size
     if not 0 < k <= t:
-        raise ValueError(f"expected sample size k={k} must be in (0, t={t}]")
+        raise OptionError(f"expected sample size k={k} must be in (0, t={t}]")
     q = np.zeros(t)
     nz = w > 0
     if nz.sum() <= k:
@@ -408,7 +408,7 @@ def make_sketch(
         How ``wta`` chooses ``|D|``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown estimator {kind!r}; choose one of {KINDS}")
+        raise OptionError(f"unknown estimator {kind!r}; choose one of {KINDS}")
     t = int(t)
     k = check_k(k, t)
     if X is not None and int(X.shape[0]) != t:
@@ -423,7 +423,7 @@ def make_sketch(
     if kind == "crs":
         if not replace:
             if not (isinstance(probs, str) and probs == "uniform"):
-                raise ValueError("crs without replacement supports only probs='uniform' (unequal probabilities have no closed-form inclusion probabilities)")
+                raise OptionError("crs without replacement supports only probs='uniform' (unequal probabilities have no closed-form inclusion probabilities)")
             idx = np.sort(np.argsort(rng.uniform(seed, s_idx, t), kind="stable")[:k]).astype(np.int64)
             sk.indices, sk.weights = idx, np.full(k, t / k)
             return sk
@@ -439,11 +439,11 @@ def make_sketch(
                 w = np.sqrt(_row_sq_norms(_need(X, "X", probs)) * (_row_sq_norms(_need(Y, "Y", probs)) if probs == "xy" else 1.0))
                 q = bernoulli_probabilities(w, k)
             else:
-                raise ValueError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
+                raise OptionError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
         else:
             q = np.asarray(to_numpy(probs), dtype=np.float64)
             if q.shape != (t,) or np.any(q < 0) or np.any(q > 1) or not np.all(np.isfinite(q)):
-                raise ValueError(f"Bernoulli keep-probabilities must be a ({t},) array in [0, 1]")
+                raise OptionError(f"Bernoulli keep-probabilities must be a ({t},) array in [0, 1]")
         u = rng.uniform(seed, s_idx, t)
         keep = np.flatnonzero(u < q)
         sk.indices, sk.weights = keep.astype(np.int64), 1.0 / q[keep]
@@ -455,15 +455,15 @@ def make_sketch(
     if isinstance(deterministic, (int, np.integer)) and not isinstance(deterministic, bool):
         d = int(deterministic)
         if not 0 <= d < k:
-            raise ValueError(f"wta needs 0 <= |D| < k={k}, got {d}")
+            raise OptionError(f"wta needs 0 <= |D| < k={k}, got {d}")
     elif deterministic == "authors":
         d = wta_deterministic_size(p, k, rule="authors")
     elif deterministic == "optimal":
         if X is None or Y is None:
-            raise ValueError("wta with deterministic='optimal' minimises the exact variance, which needs X and Y; pass deterministic='authors' or an int otherwise")
+            raise OptionError("wta with deterministic='optimal' minimises the exact variance, which needs X and Y; pass deterministic='authors' or an int otherwise")
         d = wta_deterministic_size(p, k, rule="optimal", X=X, Y=Y)
     else:
-        raise ValueError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
+        raise OptionError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
     order = np.argsort(-p, kind="stable")
     D = order[:d]
     rest = order[d:]
@@ -485,13 +485,13 @@ def make_sketch(
 
 def _need(A, name, probs):
     if A is None:
-        raise ValueError(f"probs={probs!r} needs {name}")
+        raise OptionError(f"probs={probs!r} needs {name}")
     return A
 
 
 def _probs_from(X, Y, probs, t) -> np.ndarray:
     if isinstance(probs, str) and probs != "uniform" and X is None:
-        raise ValueError(f"probs={probs!r} needs X (and Y for 'xy')")
+        raise OptionError(f"probs={probs!r} needs X (and Y for 'xy')")
     if isinstance(probs, str) and probs == "uniform":
         return np.full(t, 1.0 / t)
     return sampling_probabilities(X, Y, probs)

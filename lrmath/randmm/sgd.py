@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import check_array, to_numpy
-from ..errors import ShapeError
+from ..errors import OptionError, ShapeError
 from .estimators import check_k
 from .variance import stats, variance
 
@@ -76,7 +76,7 @@ def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float
     G = G.reshape(N, -1)
     B = int(batch_size)
     if B < 1 or (not replace and B > N):
-        raise ValueError(f"batch_size={batch_size} must be in [1, {N if not replace else 'inf'})")
+        raise OptionError(f"batch_size={batch_size} must be in [1, {N if not replace else 'inf'})")
     mean = G.mean(axis=0)
     pop = float(np.mean(np.einsum("ij,ij->i", G, G)) - mean @ mean)
     v = pop / B
@@ -117,7 +117,7 @@ def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> 
     """
     st = stats(X, dY)
     if not sgd_var > 0:
-        raise ValueError(f"sgd_var must be positive, got {sgd_var}")
+        raise OptionError(f"sgd_var must be positive, got {sgd_var}")
     if estimators is None:
         estimators = [
             ("gaussian", {}),
@@ -174,9 +174,9 @@ def max_compression(X, dY, sgd_var: float, target: float = 1.0, kind: str = "crs
     """
     st = stats(X, dY)
     if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"target must be a positive number, got {target}")
+        raise OptionError(f"target must be a positive number, got {target}")
     if not sgd_var > 0:
-        raise ValueError(f"sgd_var must be positive, got {sgd_var}")
+        raise OptionError(f"sgd_var must be positive, got {sgd_var}")
     bound = target * sgd_var
     f = lambda k: variance(st, None, k, kind, **options)  # noqa: E731
     lo, hi = 1, st.t

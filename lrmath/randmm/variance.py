@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import check_array, to_numpy
-from ..errors import ShapeError
+from ..errors import OptionError, ShapeError
 from .estimators import KINDS, _TRANSFORM, bernoulli_probabilities, check_k, sampling_probabilities
 
 __all__ = [
@@ -190,14 +190,14 @@ def wta_deterministic_size(p: np.ndarray, k: int, *, rule: str = "optimal", X=No
     k = int(k)
     if rule == "optimal":
         if X is None or Y is None:
-            raise ValueError("the optimal |D| needs X and Y")
+            raise OptionError("the optimal |D| needs X and Y")
         return int(np.argmin(wta_variances(p, k, X, Y)))
     if rule == "authors":
         PD = np.cumsum(np.sort(p)[::-1])[: k - 1]
         d = np.arange(1, PD.size + 1)
         ok = np.flatnonzero(PD > d / k)
         return int(d[ok[-1]]) if ok.size else 0
-    raise ValueError(f"rule must be 'optimal' or 'authors', got {rule!r}")
+    raise OptionError(f"rule must be 'optimal' or 'authors', got {rule!r}")
 
 
 def variance(
@@ -227,7 +227,7 @@ def variance(
         The variance (sum over all ``m n`` entries), as in the module table.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown estimator {kind!r}; choose one of {KINDS}")
+        raise OptionError(f"unknown estimator {kind!r}; choose one of {KINDS}")
     st = stats(X, Y)
     t = st.t
     k = check_k(k, t)
@@ -242,7 +242,7 @@ def variance(
     if kind == "crs":
         if not replace:
             if not (isinstance(probs, str) and probs == "uniform"):
-                raise ValueError("crs without replacement supports only probs='uniform'")
+                raise OptionError("crs without replacement supports only probs='uniform'")
             return (t * st.S2 - st.C2) / k * fpc
         p = sampling_probabilities(st.X, st.Y, probs)
         return crs_variance(st, p, k)
@@ -255,7 +255,7 @@ def variance(
             elif probs == "x":
                 q = bernoulli_probabilities(np.sqrt(st.u), k)
             else:
-                raise ValueError(f"unknown probabilities {probs!r}")
+                raise OptionError(f"unknown probabilities {probs!r}")
         else:
             q = np.asarray(to_numpy(probs), dtype=np.float64)
         return bernoulli_variance(st, q)
@@ -269,7 +269,7 @@ def variance(
     elif deterministic == "authors":
         d = wta_deterministic_size(p, k, rule="authors")
     else:
-        raise ValueError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
+        raise OptionError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
     if not 0 <= d < vs.size:
-        raise ValueError(f"|D|={d} out of range [0, {vs.size})")
+        raise OptionError(f"|D|={d} out of range [0, {vs.size})")
     return float(vs[d])

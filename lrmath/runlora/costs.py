@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from typing import Mapping
+from ..errors import OptionError, ArgumentTypeError
 
 __all__ = ["Poly", "SYMBOLS", "T", "M", "N", "R"]
 
@@ -62,7 +63,7 @@ class Poly:
             return x
         if isinstance(x, int):
             return Poly.const(x)
-        raise TypeError(f"cannot combine Poly with {type(x).__name__}")
+        raise ArgumentTypeError(f"cannot combine Poly with {type(x).__name__}")
 
     def __add__(self, other):
         o = self._lift(other)
@@ -118,7 +119,7 @@ class Poly:
             elif k[0] == 1:
                 c1[(0,) + k[1:]] = v
             else:
-                raise ValueError(f"{self} is not affine in t")
+                raise OptionError(f"{self} is not affine in t")
         return Poly(c0), Poly(c1)
 
     def affine(self, m: int, n: int, r: int) -> tuple[int, int]:
@@ -155,5 +156,5 @@ def fit_affine(samples) -> tuple[Fraction, Fraction]:
     a = v0 - b * t0
     for t, v in samples[2:]:
         if a + b * t != v:
-            raise ValueError("samples are not on one line")
+            raise OptionError("samples are not on one line")
     return a, b

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import array_namespace
-from ..errors import ShapeError
+from ..errors import OptionError, ShapeError
 
 __all__ = ["ArrayOps", "CountingOps", "run_forward", "run_backward", "run_pair"]
 
@@ -200,7 +200,7 @@ def run_backward(graph, inputs: dict, saved: dict, s: float, *, ops=None) -> dic
     env = dict(inputs)
     for key in graph.saved:
         if key not in saved:
-            raise KeyError(f"backward {graph.name} needs the saved activation {key!r}")
+            raise OptionError(f"backward {graph.name} needs the saved activation {key!r}")
         env["saved:" + key] = saved[key]
     return _run(graph, env, ops)
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from .chain import orders
 from .costs import M, N, Poly, R, T
+from ..errors import OptionError
 
 __all__ = [
     "Step",
@@ -89,7 +90,7 @@ def shape(node) -> tuple:
         return s1 if len(s1) >= len(s2) else s2
     if k == "C":
         return (shape(node[1])[1],)
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 def numel(node) -> Poly:
@@ -112,7 +113,7 @@ def transpose(node):
         return ("A", transpose(node[1]), transpose(node[2]), node[3])
     if k == "E":
         return ("E", transpose(node[1]), transpose(node[2]))
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 @lru_cache(maxsize=None)
@@ -132,7 +133,7 @@ def text(node) -> str:
         return f"({text(node[1])}∘{text(node[2])})"
     if k == "C":
         return f"colsum({text(node[1])})"
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 @lru_cache(maxsize=None)
@@ -318,7 +319,7 @@ def _step_text(s: Step) -> str:
         return f"{arg(0)} ∘ {arg(1)}"
     if s.op == "colsum":
         return f"colsum({arg(0)})"
-    raise ValueError(s.op)
+    raise OptionError(s.op)
 
 
 class _Builder:
@@ -362,7 +363,7 @@ class _Builder:
             first, second, fused = cnode[1], cnode[2], cnode[3]
             if fused:
                 if second[0] != "P":
-                    raise ValueError("fused accumulation needs a product")
+                    raise OptionError("fused accumulation needs a product")
                 args = (self.emit(first), self.emit(second[1]), self.emit(second[2]))
                 op, alpha = "addmm", second[3]
                 inner = shape(second[1])[1]
@@ -376,7 +377,7 @@ class _Builder:
             args = (self.emit(cnode[1]),)
             op, alpha = "colsum", False
         else:
-            raise ValueError(cnode)
+            raise OptionError(cnode)
         out = f"%{len(self.steps)}"
         self.steps.append(Step(op, out, args, alpha, key, shape(cnode), inner))
         self.cache[key] = (out, flip)

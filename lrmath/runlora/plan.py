@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..backend import check_positive_int
-from ..errors import RankError
+from ..errors import OptionError, RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
 
@@ -133,7 +133,7 @@ class Plan:
         for seg in self.segments:
             if tokens >= seg.t_from and (seg.t_to is None or tokens <= seg.t_to):
                 return seg.choice
-        raise ValueError(f"tokens={tokens} is outside the planned range (memory budget?)")
+        raise OptionError(f"tokens={tokens} is outside the planned range (memory budget?)")
 
     def gain_over_peft(self, tokens: int | None = None) -> dict:
         """Predicted ratios PEFT / chosen for FLOPs, saved bytes and bytes moved at ``tokens``."""
@@ -331,9 +331,9 @@ def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "flo
     if tokens is not None:
         tokens = check_positive_int(tokens, "tokens")
     if objective not in _OBJECTIVES:
-        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+        raise OptionError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
     if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"memory_budget must be positive bytes, got {memory_budget}")
+        raise OptionError(f"memory_budget must be positive bytes, got {memory_budget}")
     item = itemsize_of(dtype)
     space = graph_space(bool(x_grad), bool(w_grad), bool(bias), bool(dropout))
     flags = {"x_grad": bool(x_grad), "w_grad": bool(w_grad), "bias": bool(bias), "dropout": bool(dropout)}
@@ -378,13 +378,13 @@ def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "flo
     if tokens is not None:
         feas = [c for c in cands if tmax(c) is None or tokens <= tmax(c)]
         if not feas:
-            raise ValueError(f"no LoRA graph saves at most {memory_budget} bytes at t={tokens}")
+            raise OptionError(f"no LoRA graph saves at most {memory_budget} bytes at t={tokens}")
         best = min(feas, key=lambda c: tuple(a + b * tokens for a, b in val(c)))
         segs = [Segment(tokens, tokens, best, None)]
     else:
         segs = [Segment(a, b, c, x) for a, b, c, x in _envelope(cands, val, tmax if memory_budget else None)]
         if not segs:
-            raise ValueError(f"no LoRA graph saves at most {memory_budget} bytes for any t >= 1")
+            raise OptionError(f"no LoRA graph saves at most {memory_budget} bytes for any t >= 1")
     ref_t = tokens or 4096
     pf, pb = peft_pair(space)
     peft = _choice(space, pf, pb, item)

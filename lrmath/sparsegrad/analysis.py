@@ -17,6 +17,7 @@ import numpy as np
 from ..backend import check_array, to_numpy
 from .bases import basis, transform
 from .select import k_for_density
+from ..errors import OptionError
 
 __all__ = [
     "energy_curve",
@@ -55,7 +56,7 @@ def density_for_energy(Gt, share: float) -> float:
     """Smallest fraction of entries whose top-magnitude subset keeps ``share`` of the energy."""
     share = float(share)
     if not (0.0 < share <= 1.0):
-        raise ValueError(f"share must be in (0, 1], got {share}")
+        raise OptionError(f"share must be in (0, 1], got {share}")
     c = energy_curve(Gt)
     if c[-1] == 0:
         return 0.0

@@ -41,7 +41,12 @@ import numpy as np
 
 from .. import ops
 from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
-from ..errors import EmptyInputError, ShapeError
+from ..errors import (
+    EmptyInputError,
+    IndexRangeError,
+    OptionError,
+    ShapeError,
+)
 
 __all__ = [
     "BASIS_KINDS",
@@ -83,7 +88,7 @@ class LearnedBasis:
             err = float(np.max(np.abs(Qn.T @ Qn - np.eye(n))))
             lim = 1e-4 if str(Q.dtype).endswith("float32") else 1e-8
             if err > lim * max(1.0, math.sqrt(n)):
-                raise ValueError(f"Q is not orthogonal: max |Q^T Q - I| = {err:.3g}")
+                raise OptionError(f"Q is not orthogonal: max |Q^T Q - I| = {err:.3g}")
         self.Q = Q
         self.n = n
         self.seed = 0
@@ -157,9 +162,9 @@ def basis(kind, n: int, seed: int = 0):
             raise ShapeError(f"basis has size {kind.n}, needed {n}")
         return kind
     if kind == "learned":
-        raise ValueError("the learned basis is fitted from gradients: use GramAccumulator(...).bases() or learned_bases(grads)")
+        raise OptionError("the learned basis is fitted from gradients: use GramAccumulator(...).bases() or learned_bases(grads)")
     if kind not in _OPS_KIND:
-        raise ValueError(f"unknown basis {kind!r}; choose one of {BASIS_KINDS}")
+        raise OptionError(f"unknown basis {kind!r}; choose one of {BASIS_KINDS}")
     return ops.orthogonal(_OPS_KIND[kind], n, seed)
 
 
@@ -208,7 +213,7 @@ class GramAccumulator:
         self.m = check_positive_int(m, "m")
         decay = float(decay)
         if not (0.0 < decay <= 1.0):
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
+            raise OptionError(f"decay must be in (0, 1], got {decay}")
         self.normalize = bool(normalize)
         self.decay = decay
         self.A = np.zeros((self.n, self.n), dtype=np.float64)
@@ -289,7 +294,7 @@ def columns(Q, idx, ref=None):
     """
     idx = np.asarray(to_numpy(idx)).astype(np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= Q.n):
-        raise IndexError(f"column index out of range for a basis of size {Q.n}")
+        raise IndexRangeError(f"column index out of range for a basis of size {Q.n}")
     if isinstance(Q, LearnedBasis):
         out = np.asarray(to_numpy(Q.Q))[:, idx]
     else:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_namespace, backend_name, check_array, check_positive_int, device_of, is_numpy, like, to_numpy
-from ..errors import ShapeError
+from ..errors import OptionError, ShapeError
 from .bases import basis, columns
 from .select import check_indices, topk_of_values
 
@@ -87,7 +87,7 @@ def _check_sampled_args(A, B, idx, shape, method: str):
         raise DTypeError(f"A and B must share a dtype, got {A.dtype} and {B.dtype}")
     idx = check_indices(idx, (n, m))
     if method not in ("auto", "sparse", "dense"):
-        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+        raise OptionError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
     return t, n, m, idx
 
 def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems: int = 1 << 22,
@@ -233,7 +233,7 @@ def to_sparse(values, idx, shape, format: str = "coo"):  # noqa: A002 - scipy's 
     CSR tensor.
     """
     if format not in ("coo", "csr"):
-        raise ValueError(f"format must be 'coo' or 'csr', got {format!r}")
+        raise OptionError(f"format must be 'coo' or 'csr', got {format!r}")
     n, m = int(shape[0]), int(shape[1])
     idx = check_indices(idx, (n, m))
     if int(values.shape[0]) != idx.size or len(values.shape) != 1:
@@ -263,4 +263,4 @@ def to_sparse(values, idx, shape, format: str = "coo"):  # noqa: A002 - scipy's 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return coo.to_sparse_csr()
-    raise ValueError(f"no sparse format for arrays of {kind}; convert to NumPy, CuPy or torch")
+    raise OptionError(f"no sparse format for arrays of {kind}; convert to NumPy, CuPy or torch")

@@ -25,7 +25,12 @@ import math
 import numpy as np
 
 from ..backend import array_namespace, check_array, check_positive_int, is_numpy, like, to_numpy
-from ..errors import ShapeError
+from ..errors import (
+    ArgumentTypeError,
+    IndexRangeError,
+    OptionError,
+    ShapeError,
+)
 
 __all__ = [
     "k_for_density",
@@ -43,7 +48,7 @@ def k_for_density(shape, density: float) -> int:
     """Number of entries ``max(1, round(density * n * m))`` for a density in (0, 1]."""
     density = float(density)
     if not (0.0 < density <= 1.0) or math.isnan(density):
-        raise ValueError(f"density must be in (0, 1], got {density}")
+        raise OptionError(f"density must be in (0, 1], got {density}")
     size = int(np.prod(shape))
     return max(1, min(size, int(round(density * size))))
 
@@ -54,13 +59,13 @@ def check_indices(idx, shape) -> np.ndarray:
     if a.ndim != 1:
         raise ShapeError(f"index set must be 1-D flat indices, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"index set must hold integers, got {a.dtype}")
+        raise ArgumentTypeError(f"index set must hold integers, got {a.dtype}")
     a = a.astype(np.int64, copy=False)
     size = int(np.prod(shape))
     if a.size and (a[0] < 0 or a.max() >= size or a.min() < 0):
-        raise IndexError(f"flat index out of range for shape {tuple(shape)}: min {a.min()}, max {a.max()}")
+        raise IndexRangeError(f"flat index out of range for shape {tuple(shape)}: min {a.min()}, max {a.max()}")
     if a.size > 1 and np.any(np.diff(a) <= 0):
-        raise ValueError("index set must be sorted ascending without duplicates")
+        raise OptionError("index set must be sorted ascending without duplicates")
     return a
 
 
@@ -116,7 +121,7 @@ def threshold_select(Gt, tau: float):
     xp = check_array(Gt, "Gt", ndim=2)
     tau = float(tau)
     if not tau >= 0.0:
-        raise ValueError(f"threshold must be >= 0, got {tau}")
+        raise OptionError(f"threshold must be >= 0, got {tau}")
     a = xp.reshape(xp.abs(Gt), (-1,))
     (idx,) = xp.nonzero(a >= tau)
     return xp.astype(idx, xp.int64)
@@ -179,12 +184,12 @@ class IndexSelector:
             raise ShapeError(f"shape must be (n, m), got {shape}")
         self.shape = (check_positive_int(shape[0], "n"), check_positive_int(shape[1], "m"))
         if (density is None) == (k is None):
-            raise ValueError("give exactly one of density and k")
+            raise OptionError("give exactly one of density and k")
         self.k = k_for_density(self.shape, density) if k is None else check_positive_int(k, "k", maximum=self.shape[0] * self.shape[1])
         self.refresh_every = check_positive_int(refresh_every, "refresh_every")
         decay = float(decay)
         if not (0.0 < decay <= 1.0):
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
+            raise OptionError(f"decay must be in (0, 1], got {decay}")
         self.decay = decay
         self.pool = None if pool is None else check_positive_int(pool, "pool")
         self.cand = np.zeros(0, dtype=np.int64)
@@ -211,7 +216,7 @@ class IndexSelector:
                 val = a[idx]
         else:
             if indices is None or values is None:
-                raise ValueError("update needs Gt or both indices and values")
+                raise OptionError("update needs Gt or both indices and values")
             idx = check_indices(indices, self.shape)
             val = np.asarray(to_numpy(values), dtype=np.float64).ravel()
             if val.size != idx.size:

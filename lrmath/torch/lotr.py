@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .. import lotr as _lotr
-from ..errors import RankError, ShapeError
+from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
 
@@ -109,7 +109,7 @@ class LoTR(nn.Module):
         self.in_features, self.out_features, self.n_layers = int(in_features), int(out_features), int(n_layers)
         self.scale = float(1.0 / ra if scale is None else scale)
         if planned not in (True, False, "auto"):
-            raise ValueError(f"planned must be True, False or 'auto', got {planned!r}")
+            raise OptionError(f"planned must be True, False or 'auto', got {planned!r}")
         self.planned = planned
         self.seed = int(seed)
         kw = {"dtype": dtype or torch.get_default_dtype(), "device": device}
@@ -316,14 +316,14 @@ def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int,
         ``rank`` exceeds a group's ``min(in, out)``.
     """
     if hasattr(model, "lotr_adapters"):
-        raise ValueError("model already has LoTR adapters (model.lotr_adapters); merge_lotr() first")
+        raise OptionError("model already has LoTR adapters (model.lotr_adapters); merge_lotr() first")
     if init not in ("zeros", "tucker"):
-        raise ValueError(f"init must be 'zeros' or 'tucker', got {init!r}")
+        raise OptionError(f"init must be 'zeros' or 'tucker', got {init!r}")
     if group_by not in ("shape", "name"):
-        raise ValueError(f"group_by must be 'shape' or 'name', got {group_by!r}")
+        raise OptionError(f"group_by must be 'shape' or 'name', got {group_by!r}")
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, target_modules)]
     if not found:
-        raise ValueError(f"no nn.Linear in the model matches target_modules={target_modules!r}")
+        raise OptionError(f"no nn.Linear in the model matches target_modules={target_modules!r}")
     groups: dict[str, list[tuple[str, nn.Linear]]] = {}
     for name, mod in found:
         key = f"{mod.out_features}x{mod.in_features}"
@@ -342,10 +342,10 @@ def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int,
         w = base0.weight
         if init == "tucker":
             if updates is None:
-                raise ValueError("init='tucker' needs updates={name: Delta W (out, in)}")
+                raise OptionError("init='tucker' needs updates={name: Delta W (out, in)}")
             missing = [n for n, _ in members if n not in updates]
             if missing:
-                raise ValueError(f"updates lack layers {missing}")
+                raise OptionError(f"updates lack layers {missing}")
             stack = torch.stack([torch.as_tensor(updates[n]).detach().to("cpu", torch.float64) for n, _ in members])
             if tuple(stack.shape[1:]) != (base0.out_features, base0.in_features):
                 raise ShapeError(f"updates of group {key} have shape {tuple(stack.shape[1:])}, "
@@ -389,5 +389,5 @@ def merge_lotr(model: nn.Module) -> nn.Module:
 def lotr_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     """The trainable LoTR parameters of a model prepared by :func:`apply_lotr`."""
     if not hasattr(model, "lotr_adapters"):
-        raise ValueError("model has no LoTR adapters; call apply_lotr first")
+        raise OptionError("model has no LoTR adapters; call apply_lotr first")
     return model.lotr_adapters.parameters()

@@ -46,6 +46,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import OptionError, ArgumentTypeError
 
 __all__ = ["MiniLM", "mean_pool"]
 
@@ -142,7 +143,7 @@ class _SelfAttention(nn.Module):
         d = c["hidden_size"]
         self.num_heads = c["num_attention_heads"]
         if d % self.num_heads:
-            raise ValueError(f"hidden_size {d} is not a multiple of num_attention_heads {self.num_heads}")
+            raise OptionError(f"hidden_size {d} is not a multiple of num_attention_heads {self.num_heads}")
         self.head_dim = d // self.num_heads
         self.query = nn.Linear(d, d)
         self.key = nn.Linear(d, d)
@@ -191,7 +192,7 @@ class _Intermediate(nn.Module):
         self.dense = nn.Linear(c["hidden_size"], c["intermediate_size"])
         act = c["hidden_act"]
         if act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {act!r}; known: {sorted(_ACTIVATIONS)}")
+            raise OptionError(f"unsupported hidden_act {act!r}; known: {sorted(_ACTIVATIONS)}")
         self.act = _ACTIVATIONS[act]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -287,16 +288,16 @@ class MiniLM(nn.Module):
         Tensor, shape (b, s, hidden_size), in the parameters' dtype.
         """
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
+            raise OptionError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config["max_position_embeddings"]:
-            raise ValueError(
+            raise OptionError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"{self.config['max_position_embeddings']}"
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
-            raise ValueError(
+            raise OptionError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
         h = self.embeddings(input_ids, token_type_ids)
@@ -367,7 +368,7 @@ class MiniLM(nn.Module):
         from ..errors import FormatError
 
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+            raise ArgumentTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         folder = Path(path) if path is not None else data.model_dir()
         cfg = data.config(folder)
         # build on the meta device (no random init of 12 M embedding entries), then adopt

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ShapeError
+from ..errors import ArgumentTypeError, OptionError, ShapeError
 from ..randmm.estimators import DATA_INDEPENDENT, check_k, make_sketch
 
 __all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
@@ -144,20 +144,20 @@ class RandomizedLinear(nn.Linear):
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         if estimator not in LAYER_ESTIMATORS:
-            raise ValueError(f"estimator {estimator!r} is not available in the layer; choose one of {LAYER_ESTIMATORS}")
+            raise OptionError(f"estimator {estimator!r} is not available in the layer; choose one of {LAYER_ESTIMATORS}")
         if probs not in ("x", "uniform"):
-            raise ValueError(f"probs={probs!r}: inside the layer dY is unknown when X is saved, so only 'x' or 'uniform' (decisions.md)")
+            raise OptionError(f"probs={probs!r}: inside the layer dY is unknown when X is saved, so only 'x' or 'uniform' (decisions.md)")
         if deterministic == "optimal":
-            raise ValueError("deterministic='optimal' needs dY; inside the layer use 'authors' or an int")
+            raise OptionError("deterministic='optimal' needs dY; inside the layer use 'authors' or an int")
         if k is not None:
             if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"k must be an integer, got {k!r}")
+                raise ArgumentTypeError(f"k must be an integer, got {k!r}")
             if k < 1:
-                raise ValueError(f"sketch size k={k} must be at least 1")
+                raise OptionError(f"sketch size k={k} must be at least 1")
         elif not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
-            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+            raise OptionError(f"ratio must be in (0, 1], got {ratio!r}")
         if estimator == "crs" and not replace and probs != "uniform":
-            raise ValueError("crs without replacement needs probs='uniform'")
+            raise OptionError("crs without replacement needs probs='uniform'")
         self.ratio = float(ratio)
         self.k = k
         self.estimator = estimator

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from ..errors import RankError, ShapeError
+from ..errors import OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.plan import plan as _plan
 
@@ -195,7 +195,7 @@ class LoRALinear(nn.Module):
         if r < 1 or r > min(in_features, out_features):
             raise RankError(f"rank r={r} must satisfy 1 <= r <= min(in, out) = {min(in_features, out_features)}")
         if not 0.0 <= lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+            raise OptionError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.r = in_features, out_features, r
         self.lora_alpha = lora_alpha
