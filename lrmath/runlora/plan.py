@@ -11,12 +11,13 @@ Math layout throughout: ``X`` (t, m), ``W`` (m, n), ``A`` (m, r), ``B`` (r, n).
 from __future__ import annotations
 
 import math
+import numpy as np
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from ..backend import check_positive_int
-from ..errors import OptionError, RankError
+from ..backend import check_bool, check_choice, check_int, check_positive_int, require_module
+from ..errors import BackendUnavailableError, OptionError, RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
 
@@ -28,7 +29,9 @@ _OBJECTIVES = ("flops", "time", "memory")
 
 def itemsize_of(dtype: Any) -> int:
     """Bytes per element of a float dtype given as a string, NumPy, torch or ml_dtypes dtype."""
-    name = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
+    if isinstance(dtype, type) and issubclass(dtype, np.generic):  # np.float16 (the scalar type)
+        dtype = np.dtype(dtype)
+    name = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1] if isinstance(dtype, str) or hasattr(dtype, "name") or type(dtype).__module__.startswith("torch") else None
     if name not in _ITEMSIZE:
         from ..errors import DTypeError
 
@@ -280,6 +283,22 @@ def peft_pair(space: GraphSpace) -> tuple[Graph, Graph]:
     return f[0], b
 
 
+_MAX_DIM = 1 << 40  # sizes beyond this overflow nothing here but are surely a mistake
+_TIME_BACKENDS = ("numpy", "torch", "cuda", "torch:cuda")
+
+
+def _check_time_backend(backend):
+    """``objective='time'`` measures on a real backend: it must exist here (else BackendUnavailableError)."""
+    if backend is None:
+        backend = "torch"
+    check_choice(backend, "backend", _TIME_BACKENDS)
+    if backend != "numpy":
+        torch = require_module("torch", "objective='time' on backend " + repr(backend), extra="torch")
+        if backend.endswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"backend {backend!r} needs a CUDA GPU, and torch sees none")
+    return backend
+
+
 def _choice(space, f, b, itemsize) -> Choice:
     return Choice(f, b, f.flops + b.flops, space.saved_bytes(f, b, itemsize),
                   f.bytes_moved(itemsize) + b.bytes_moved(itemsize))
@@ -322,19 +341,21 @@ def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "flo
     RankError
         If ``r < 1`` or ``r > min(m, n)`` (a rank-r update of a smaller matrix is not low-rank).
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise RankError(f"rank r must be an int, got {r!r}")
+    m = check_positive_int(m, "m", maximum=_MAX_DIM)
+    n = check_positive_int(n, "n", maximum=_MAX_DIM)
+    r = check_int(r, "rank r", error=RankError)
     if r < 1 or r > min(m, n):
         raise RankError(f"rank r={r} must satisfy 1 <= r <= min(m, n) = {min(m, n)} for a ({m}, {n}) weight")
     if tokens is not None:
-        tokens = check_positive_int(tokens, "tokens")
-    if objective not in _OBJECTIVES:
-        raise OptionError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
-    if memory_budget is not None and memory_budget <= 0:
-        raise OptionError(f"memory_budget must be positive bytes, got {memory_budget}")
+        tokens = check_positive_int(tokens, "tokens", maximum=_MAX_DIM)
+    check_choice(objective, "objective", _OBJECTIVES)
+    if memory_budget is not None:
+        memory_budget = check_positive_int(memory_budget, "memory_budget")
+    x_grad, w_grad, bias, dropout, cache = (check_bool(v, k) for k, v in
+                                            (("x_grad", x_grad), ("w_grad", w_grad), ("bias", bias), ("dropout", dropout), ("cache", cache)))
     item = itemsize_of(dtype)
+    if objective == "time":
+        backend = _check_time_backend(backend)
     space = graph_space(bool(x_grad), bool(w_grad), bool(bias), bool(dropout))
     flags = {"x_grad": bool(x_grad), "w_grad": bool(w_grad), "bias": bool(bias), "dropout": bool(dropout)}
 

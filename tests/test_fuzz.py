@@ -1,0 +1,211 @@
+"""Fuzz every public function of lrmath with hostile input (issue 18).
+
+The promise (README, decisions.md "Errors and the CLI"): bad input raises a subclass of
+:class:`lrmath.LrmathError` that is also the matching built-in; never an incidental
+``IndexError``/``ZeroDivisionError``/``LinAlgError``/``RuntimeError``, never a silent NaN.
+
+Targets are discovered by walking every public ``__all__`` of lrmath
+(``tests/_fuzz_cases.public_callables``), so modules merged later are covered without an
+edit here. Each target gets one valid base call; the tests replace one argument at a time
+with a hostile value (bad shapes, dtypes int/bool/complex/object/fp16/bf16, NaN/Inf/1e300,
+empty, 0-d, wrong Python types) and fail on
+
+* any exception that is not an ``LrmathError`` (``AssertionError`` only for the assertion helpers),
+* a non-finite number in the result (outside the pass-through conversions),
+* an input array changed in place.
+
+``test_fuzz_sweep`` runs a fixed list of hostile values over every parameter;
+``test_fuzz_random`` draws from hypothesis strategies (``tests/strategies.py``): a few examples
+under the ``ci`` profile, hundreds under ``HYPOTHESIS_PROFILE=thorough``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrmath.errors import LrmathError
+
+from . import _fuzz_cases as fc
+from .strategies import BAD_SCALARS, bad_arrays_list, bad_values
+
+TARGETS = fc.public_callables()
+IDS = [q for q, _ in TARGETS]
+
+
+def _nonfinite(out, depth: int = 0) -> str | None:
+    """Where ``out`` holds NaN/Inf (a path string), or None."""
+    if depth > 4 or out is None:
+        return None
+    if isinstance(out, (float, np.floating)):
+        return "" if not np.isfinite(out) else None
+    if isinstance(out, np.ndarray):
+        if out.dtype.kind in "fc" or out.dtype.name == "bfloat16":
+            a = out.astype(np.complex128 if out.dtype.kind == "c" else np.float64)
+            return "" if not np.all(np.isfinite(a)) else None
+        return None
+    mod = type(out).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            return "" if not bool(torch.isfinite(out.detach()).all()) else None
+        if isinstance(out, torch.nn.Module):
+            for n, p in list(out.named_parameters())[:64]:
+                if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all()):
+                    return f".{n}"
+        return None
+    if isinstance(out, dict):
+        items = list(out.items())[:64]
+    elif isinstance(out, (list, tuple)):
+        items = list(enumerate(out))[:64]
+    elif dataclasses.is_dataclass(out):
+        items = [(f.name, getattr(out, f.name, None)) for f in dataclasses.fields(out)]
+    elif mod.startswith("lrmath") and hasattr(out, "__dict__"):
+        items = list(vars(out).items())[:64]
+    else:
+        return None
+    for k, v in items:
+        r = _nonfinite(v, depth + 1)
+        if r is not None:
+            return f"[{k!r}]{r}"
+    return None
+
+
+def _fingerprint(values) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, np.ndarray) and v.dtype != object:
+            out.append(hashlib.sha256(np.ascontiguousarray(v).view(np.uint8).tobytes() if v.size else b"").hexdigest())
+        else:
+            out.append(None)
+    return out
+
+
+def _short(v) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array(shape={v.shape}, dtype={v.dtype})"
+    r = repr(v)
+    return r if len(r) < 60 else r[:57] + "..."
+
+
+class _Hang(BaseException):
+    """Raised by the alarm when one call runs too long (an unbounded loop or size)."""
+
+
+CALL_LIMIT_S = float(os.environ.get("LRMATH_FUZZ_CALL_LIMIT", "10"))
+
+
+def _alarm(signum, frame):
+    raise _Hang()
+
+
+def check_call(qual, obj, args, kwargs, what=""):
+    """Call ``obj(*args, **kwargs)``; return a failure message or None."""
+    flat = list(args) + list(kwargs.values())
+    before = _fingerprint(flat)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, CALL_LIMIT_S)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = obj(*args, **kwargs)
+    except _Hang:
+        return f"{qual}({what}) ran longer than {CALL_LIMIT_S:g} s (an unbounded size or iteration count?)"
+    except LrmathError:
+        out = None
+    except AssertionError:
+        if qual not in fc.ASSERTIONS:
+            return f"{qual}({what}) raised AssertionError"
+        out = None
+    except Exception as exc:  # noqa: BLE001 - exactly what the fuzz test looks for
+        return f"{qual}({what}) raised {type(exc).__name__}: {str(exc)[:160]}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    if qual not in fc.NAN_PASSTHROUGH:
+        where = _nonfinite(out)
+        if where is not None:
+            return f"{qual}({what}) returned NaN/Inf at result{where}"
+    after = _fingerprint(flat)
+    if before != after:
+        return f"{qual}({what}) changed an input array in place"
+    return None
+
+
+def _base(qual, obj):
+    if isinstance(obj, Exception):
+        pytest.fail(f"{qual} does not import: {obj!r}")
+    try:
+        b = fc.base_call(qual, obj)
+    except ImportError as exc:
+        pytest.skip(f"optional dependency missing: {exc}")
+    if b is None:
+        pytest.skip("no generic base call (listed in tests/_fuzz_cases.CASES with None: constructed from library objects)")
+    return b
+
+
+def _sweep_values(base_value):
+    vals = list(BAD_SCALARS)
+    vals += bad_arrays_list(base_value if isinstance(base_value, np.ndarray) else None)
+    return vals
+
+
+@pytest.mark.parametrize("qual,obj", TARGETS, ids=IDS)
+def test_fuzz_sweep(qual, obj):
+    args, kwargs = _base(qual, obj)
+    failures = []
+    msg = check_call(qual, obj, args, kwargs, "base call")
+    if msg:
+        failures.append(msg)
+    for p in fc.parameters(obj):
+        cur = dict(zip([q.name for q in fc.parameters(obj)], args)) | kwargs
+        for v in _sweep_values(cur.get(p.name)):
+            a, k = fc.replace_arg(obj, args, kwargs, p, v)
+            msg = check_call(qual, obj, a, k, f"{p.name}={_short(v)}")
+            if msg:
+                failures.append(msg)
+    assert not failures, f"{len(failures)} failure(s):\n" + "\n".join(failures[:40])
+
+
+@pytest.mark.parametrize("qual,obj", TARGETS, ids=IDS)
+@settings(max_examples=5)
+@given(data=st.data())
+def test_fuzz_random(qual, obj, data):
+    args, kwargs = _base(qual, obj)
+    params = fc.parameters(obj)
+    if not params:
+        return
+    # one or two arguments replaced at once
+    chosen = data.draw(st.lists(st.sampled_from(params), min_size=1, max_size=2, unique_by=lambda p: p.name))
+    what = []
+    for p in chosen:
+        cur = dict(zip([q.name for q in params], args)) | kwargs
+        v = data.draw(bad_values(cur.get(p.name) if isinstance(cur.get(p.name), np.ndarray) else None))
+        args, kwargs = fc.replace_arg(obj, args, kwargs, p, v)
+        what.append(f"{p.name}={_short(v)}")
+    msg = check_call(qual, obj, args, kwargs, ", ".join(what))
+    assert msg is None, msg
+
+
+def test_discovery_finds_every_package():
+    """The walk reaches every method package, so new ones are fuzzed automatically."""
+    mods = {q.rsplit(".", 1)[0] for q in IDS}
+    for pkg in ("lrmath.backend", "lrmath.ops", "lrmath.rng", "lrmath.kashin", "lrmath.lotr", "lrmath.randmm",
+                "lrmath.runlora", "lrmath.sparsegrad", "lrmath.torch"):
+        assert any(m == pkg or m.startswith(pkg + ".") for m in mods), pkg
+    assert len(TARGETS) >= 100
+
+
+def test_skip_list_is_justified():
+    for name, why in fc.SKIP.items():
+        assert isinstance(why, str) and len(why) > 15, name
