@@ -34,7 +34,11 @@ from .errors import (
     EmptyInputError,
     IndexRangeError,
     NonFiniteError,
+    LrmathError,
     OptionError,
+    PathError,
+    PathIsDirectoryError,
+    PathNotFoundError,
     ShapeError,
     SizeLimitError,
 )
@@ -64,28 +68,44 @@ __all__ = [
     "check_path",
     "require_module",
     "finite_or_raise",
+    "public",
+    "as_lrmath_error",
     "available_backends",
 ]
 
 
+def _validator(fn):
+    """Mark a function of this module as an entry point; :func:`public` is applied at the end of
+    the module (it is defined below). Validators pass NaN through (checking it is their job)."""
+    _VALIDATORS.append(fn.__name__)
+    return fn
+
+
+_VALIDATORS: list[str] = []
+
+
 # ----------------------------------------------------------------------------- kinds
+@_validator
 def is_numpy(x: Any) -> bool:
     """True for a NumPy ndarray (including ``ml_dtypes`` dtypes)."""
     return isinstance(x, np.ndarray)
 
 
+@_validator
 def is_torch(x: Any) -> bool:
     """True for a ``torch.Tensor`` (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+@_validator
 def is_cupy(x: Any) -> bool:
     """True for a ``cupy.ndarray`` (without importing CuPy)."""
     cp = sys.modules.get("cupy")
     return cp is not None and isinstance(x, cp.ndarray)
 
 
+@_validator
 def backend_name(x: Any) -> str:
     """Short name of the library that owns ``x``: numpy, torch, cupy or the module name."""
     if is_numpy(x):
@@ -97,6 +117,7 @@ def backend_name(x: Any) -> str:
     return type(x).__module__.split(".")[0]
 
 
+@_validator
 def array_namespace(*arrays: Any):
     """Array-API namespace shared by ``arrays`` (``None`` entries and Python scalars are ignored).
 
@@ -126,6 +147,7 @@ def array_namespace(*arrays: Any):
         raise DTypeError(f"expected arrays, got {[type(a).__name__ for a in arrs]}: {exc}") from None
 
 
+@_validator
 def device_of(x: Any):
     """The device of an array (``'cpu'`` for NumPy)."""
     import array_api_compat
@@ -144,6 +166,7 @@ def _dtype_name(dtype: Any) -> str:
     return s.rsplit(".", 1)[-1]
 
 
+@_validator
 def compute_dtype(xp, dtype):
     """dtype in which lrmath computes for input ``dtype``: float16/bfloat16 -> float32."""
     name = _dtype_name(dtype)
@@ -152,6 +175,7 @@ def compute_dtype(xp, dtype):
     return dtype
 
 
+@_validator
 def as_compute(x, xp=None):
     """Return ``(xp, x_compute, original_dtype)``; low-precision floats are cast to float32.
 
@@ -170,6 +194,7 @@ def as_compute(x, xp=None):
     return xp, x, dt
 
 
+@_validator
 def restore(xp, y, dtype):
     """Cast ``y`` back to the caller's storage dtype (no-op if it already matches)."""
     if is_numpy(y) and _dtype_name(dtype) == "bfloat16":
@@ -197,6 +222,7 @@ def _torch_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+@_validator
 def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
     """Any array (NumPy, CuPy, torch, array-API) as a NumPy array on the host.
 
@@ -235,6 +261,7 @@ def _numpy_to_torch(a: np.ndarray, device=None):
     return t
 
 
+@_validator
 def convert(x: Any, kind: str, device: Any = None):
     """Convert ``x`` to array library ``kind`` ('numpy', 'torch', 'cupy') on ``device``."""
     if kind == "numpy":
@@ -268,6 +295,7 @@ def convert(x: Any, kind: str, device: Any = None):
     raise OptionError(f"unknown array kind {kind!r}; choose one of ['numpy', 'torch', 'cupy', 'array_api_strict']")
 
 
+@_validator
 def like(x: Any, ref: Any):
     """``x`` as the same kind of array as ``ref``, on ``ref``'s device."""
     kind = backend_name(ref)
@@ -283,6 +311,7 @@ def _is_float_dtype(xp, dt) -> bool:
     return name in {"float16", "bfloat16", "float32", "float64"}
 
 
+@_validator
 def check_array(
     x: Any,
     name: str = "x",
@@ -341,6 +370,7 @@ def check_array(
     return xp
 
 
+@_validator
 def check_finite(x: Any, name: str = "x") -> None:
     """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf (reports how many)."""
     if is_numpy(x):
@@ -353,6 +383,7 @@ def check_finite(x: Any, name: str = "x") -> None:
         raise NonFiniteError(f"{name} holds {bad} NaN/Inf value(s)")
 
 
+@_validator
 def check_int(
     value: Any,
     name: str,
@@ -382,6 +413,7 @@ def check_int(
     return v
 
 
+@_validator
 def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None, error: type = OptionError) -> int:
     """Validate an integer parameter in ``[minimum, maximum]``; return it as ``int``.
 
@@ -391,6 +423,7 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int 
     return check_int(value, name, minimum=minimum, maximum=maximum, error=error)
 
 
+@_validator
 def check_float(
     value: Any,
     name: str,
@@ -420,6 +453,7 @@ def check_float(
     return v
 
 
+@_validator
 def check_bool(value: Any, name: str) -> bool:
     """Validate a flag: ``True``/``False`` (or a NumPy bool) only."""
     if not isinstance(value, (bool, np.bool_)):
@@ -427,6 +461,7 @@ def check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
+@_validator
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """Validate that ``value`` is one of ``choices`` (compared by equality, types must match).
 
@@ -440,6 +475,7 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     raise OptionError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+@_validator
 def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     """Validate an axis of an ``ndim``-D array; negative axes count from the end.
 
@@ -461,6 +497,7 @@ def _memory_limit() -> int:
         return 2**40
 
 
+@_validator
 def check_size(shape: Any, name: str = "result", *, itemsize: int = 8, limit: int | None = None) -> int:
     """Refuse an allocation larger than ``limit`` bytes (default: this machine's physical memory).
 
@@ -482,12 +519,14 @@ def check_size(shape: Any, name: str = "result", *, itemsize: int = 8, limit: in
     return count
 
 
+@_validator
 def check_path(path: Any, name: str = "path", *, must_exist: bool = True, kind: str = "file"):
     """Validate a filesystem path argument; return it as ``pathlib.Path``.
 
     Raises :class:`ArgumentTypeError` for a non-path, ``FileNotFoundError`` for a
     missing file (``must_exist``), ``IsADirectoryError``/``NotADirectoryError`` for the
-    wrong kind; the latter are built-in ``OSError`` s (the caller's file, not lrmath's input check).
+    wrong kind (:class:`PathNotFoundError`, :class:`PathIsDirectoryError`, :class:`PathError`:
+    ``LrmathError`` and the matching ``OSError``).
     """
     import os
     from pathlib import Path
@@ -497,14 +536,15 @@ def check_path(path: Any, name: str = "path", *, must_exist: bool = True, kind: 
     p = Path(path)
     if must_exist:
         if not p.exists():
-            raise FileNotFoundError(f"{name}: no such file: {str(p)!r}")
+            raise PathNotFoundError(f"{name}: no such file or folder: {str(p)!r}")
         if kind == "file" and p.is_dir():
-            raise IsADirectoryError(f"{name}: is a directory, not a file: {str(p)!r}")
+            raise PathIsDirectoryError(f"{name}: is a directory, not a file: {str(p)!r}")
         if kind == "dir" and not p.is_dir():
-            raise NotADirectoryError(f"{name}: not a directory: {str(p)!r}")
+            raise PathError(f"{name}: not a directory: {str(p)!r}")
     return p
 
 
+@_validator
 def require_module(module: str, feature: str = "", extra: str | None = None):
     """Import an optional dependency or raise :class:`BackendUnavailableError` naming it."""
     import importlib
@@ -517,6 +557,7 @@ def require_module(module: str, feature: str = "", extra: str | None = None):
         raise BackendUnavailableError(f"{module} is needed{what} but is not available{hint}: {exc}") from exc
 
 
+@_validator
 def finite_or_raise(x: Any, name: str = "result", hint: str = "") -> Any:
     """Return ``x`` (array or scalar) if it is finite; otherwise raise :class:`NonFiniteError`.
 
@@ -540,6 +581,202 @@ def finite_or_raise(x: Any, name: str = "result", hint: str = "") -> Any:
     if not ok:
         raise NonFiniteError(f"{name} overflowed to NaN/Inf" + (f"; {hint}" if hint else "; the inputs are too large in magnitude (rescale them)"))
     return x
+
+
+# ----------------------------------------------------------------------------- the public boundary
+def as_lrmath_error(exc: BaseException, where: str = "") -> BaseException | None:
+    """The :class:`LrmathError` subclass matching an incidental exception, or ``None``.
+
+    ``TypeError``/``AttributeError`` -> :class:`ArgumentTypeError`; ``IndexError`` ->
+    :class:`IndexRangeError`; ``ValueError``/``KeyError``/``ZeroDivisionError`` ->
+    :class:`OptionError` (``LinAlgError`` -> :class:`NonFiniteError`: an SVD or solve that
+    fails on finite input has met values too large for its arithmetic); ``MemoryError``/
+    ``OverflowError``/``RecursionError`` -> :class:`SizeLimitError`; ``ImportError`` ->
+    :class:`BackendUnavailableError`; ``OSError`` -> :class:`PathError` (and its
+    not-found/directory subclasses); ``RuntimeError`` (torch's report of bad sizes or dtypes)
+    -> :class:`OptionError`. Anything else (``LrmathError`` itself, ``AssertionError``,
+    ``KeyboardInterrupt``, ``NotImplementedError`` ...) gives ``None``.
+    """
+    if isinstance(exc, LrmathError):
+        return None
+    pre = f"{where}: " if where else ""
+    msg = f"{pre}{type(exc).__name__}: {exc}" if str(exc) else f"{pre}{type(exc).__name__}"
+    if isinstance(exc, np.linalg.LinAlgError):
+        return NonFiniteError(msg + " (values too large or degenerate for the factorisation; rescale the input)")
+    if isinstance(exc, (MemoryError, OverflowError, RecursionError)):
+        return SizeLimitError(msg + " (the sizes requested exceed what this machine or its integer types can hold)")
+    if isinstance(exc, ImportError):
+        return BackendUnavailableError(msg)
+    if isinstance(exc, FileNotFoundError):
+        return PathNotFoundError(msg)
+    if isinstance(exc, IsADirectoryError):
+        return PathIsDirectoryError(msg)
+    if isinstance(exc, OSError):
+        return PathError(msg)
+    if isinstance(exc, IndexError):
+        return IndexRangeError(msg)
+    if isinstance(exc, (TypeError, AttributeError)):
+        return ArgumentTypeError(msg)
+    if isinstance(exc, (ValueError, KeyError, ZeroDivisionError, ArithmeticError)):
+        return OptionError(msg)
+    if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):
+        return OptionError(msg)  # torch reports bad sizes/dtypes given to constructors as RuntimeError
+    return None
+
+
+def _is_float_array(a) -> bool:
+    if isinstance(a, np.ndarray):
+        return a.dtype.kind == "f" or a.dtype.name == "bfloat16"
+    return is_torch(a) and a.is_floating_point()
+
+
+def _scan_argument(name: str, a: Any, depth: int = 0) -> None:
+    """Refuse complex/object arrays and NaN/Inf values in one argument (lists scanned one level)."""
+    if isinstance(a, np.ndarray) or (is_torch(a) and a.device.type == "cpu"):
+        # host data only: scanning a GPU array would force a device sync on every call
+        kind = a.dtype.kind if isinstance(a, np.ndarray) else ("c" if a.is_complex() else "")
+        if kind == "c":
+            raise DTypeError(f"{name} is complex ({a.dtype}); lrmath works on real numbers (pass .real explicitly if that is meant)")
+        if kind == "O":
+            raise DTypeError(f"{name} has dtype object; pass a numeric array")
+        size = a.size if isinstance(a, np.ndarray) else a.numel()
+        if size and _is_float_array(a):
+            check_finite(a, name)
+    elif isinstance(a, (float, np.floating)) and not isinstance(a, bool):
+        if not np.isfinite(a):
+            raise NonFiniteError(f"{name} must be finite, got {a}")
+    elif isinstance(a, (complex, np.complexfloating)):
+        raise ArgumentTypeError(f"{name} must be real, got {a!r}")
+    elif depth == 0 and isinstance(a, (list, tuple)) and len(a) <= 4096:
+        for i, v in enumerate(a):
+            _scan_argument(f"{name}[{i}]", v, depth + 1)
+    elif depth == 0 and isinstance(a, dict) and len(a) <= 4096:
+        for k, v in a.items():
+            _scan_argument(f"{name}[{k!r}]", v, depth + 1)
+
+
+def _nonfinite_result(out: Any, depth: int = 0) -> bool:
+    import dataclasses
+
+    if isinstance(out, (float, np.floating)):
+        return not np.isfinite(out)
+    if isinstance(out, np.ndarray):
+        if out.dtype.kind == "f" or out.dtype.name == "bfloat16":
+            a = out.astype(np.float32) if out.dtype.name == "bfloat16" else out
+            return a.size > 0 and not bool(np.isfinite(a).all())
+        return False
+    if is_torch(out):
+        return bool(out.is_floating_point() and out.numel() and not bool(out.detach().isfinite().all()))
+    if depth < 2 and isinstance(out, (list, tuple)):
+        return any(_nonfinite_result(v, depth + 1) for v in out[:256])
+    if depth < 2 and isinstance(out, dict):
+        return any(_nonfinite_result(v, depth + 1) for v in list(out.values())[:256])
+    if depth < 1 and dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return any(_nonfinite_result(getattr(out, f.name, None), depth + 1) for f in dataclasses.fields(out))
+    return False
+
+
+import threading
+
+_BOUNDARY = threading.local()  # depth > 0 while a public entry point runs (nested calls skip the checks)
+
+
+def public(fn=None, *, finite: bool | Sequence[str] = True, result: bool = True, methods: bool = True):
+    """Decorator for every public entry point: the error promise, by construction.
+
+    * array arguments that are complex or object are refused (:class:`DTypeError`), float
+      arguments holding NaN/Inf (:class:`NonFiniteError`), unless ``finite=False`` (or
+      the argument is not named in ``finite`` when it is a list of names);
+    * incidental exceptions raised inside are re-raised as the matching
+      :class:`LrmathError` subclass (:func:`as_lrmath_error`), chained to the original;
+    * a non-finite float result from finite arguments (an overflow) is refused with
+      :class:`NonFiniteError` (``result=False`` turns that off).
+
+    On a class it wraps ``__init__`` and the public methods (torch ``nn.Module`` classes:
+    ``__init__`` only, so ``forward`` stays traceable by ``torch.compile``; ``methods=False``:
+    ``__init__`` only, for value types used in inner loops such as ``runlora.Poly``).
+    Dataclass result records keep their generated ``__init__``.
+    """
+    import functools
+    import inspect
+
+    def wrap_function(f, qual):
+        try:
+            sig = inspect.signature(f)
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            sig = None
+        names = set(finite) if isinstance(finite, (list, tuple, set, frozenset)) else None
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            state = _BOUNDARY
+            if getattr(state, "depth", 0):  # a nested call: the outer entry point checks and translates
+                return f(*args, **kwargs)
+            if finite and sig is not None:
+                try:
+                    bound = sig.bind(*args, **kwargs)
+                except TypeError as exc:
+                    raise ArgumentTypeError(f"{qual}: {exc}") from None
+                for k, v in bound.arguments.items():
+                    if k in ("self", "cls") or (names is not None and k not in names):
+                        continue
+                    kind = sig.parameters[k].kind
+                    if kind == inspect.Parameter.VAR_POSITIONAL:
+                        for i, vv in enumerate(v):
+                            _scan_argument(f"{k}[{i}]", vv)
+                    elif kind == inspect.Parameter.VAR_KEYWORD:
+                        for kk, vv in v.items():
+                            _scan_argument(kk, vv)
+                    else:
+                        _scan_argument(k, v)
+            state.depth = 1
+            try:
+                out = f(*args, **kwargs)
+            except LrmathError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated, chained, never swallowed
+                new = as_lrmath_error(exc, qual)
+                if new is None:
+                    raise
+                raise new from exc
+            finally:
+                state.depth = 0
+            if result and _nonfinite_result(out):
+                raise NonFiniteError(
+                    f"{qual}: the result overflowed to NaN/Inf from finite inputs; their magnitude is too large "
+                    "for the arithmetic (rescale them)"
+                )
+            return out
+
+        wrapper.__lrmath_public__ = True
+        return wrapper
+
+    def deco(obj):
+        import dataclasses
+
+        if inspect.isclass(obj):
+            torch = sys.modules.get("torch")
+            is_module = any(c.__module__.startswith("torch.nn") for c in obj.__mro__[1:])
+            for name, attr in list(vars(obj).items()):
+                if name.startswith("_") and name not in ("__init__", "__call__", "__matmul__", "__rmatmul__"):
+                    continue
+                if (is_module or dataclasses.is_dataclass(obj)) and name == "__init__" and is_module is False:
+                    continue  # result records: built by the library, not an entry point for user data
+                if (is_module or not methods) and name != "__init__":
+                    continue
+                qual = f"{obj.__name__}.{name}" if name != "__init__" else obj.__name__
+                if isinstance(attr, classmethod):
+                    setattr(obj, name, classmethod(wrap_function(attr.__func__, qual)))
+                elif isinstance(attr, staticmethod):
+                    setattr(obj, name, staticmethod(wrap_function(attr.__func__, qual)))
+                elif inspect.isfunction(attr):
+                    setattr(obj, name, wrap_function(attr, qual))
+            obj.__lrmath_public__ = True
+            del torch
+            return obj
+        return wrap_function(obj, obj.__name__)
+
+    return deco if fn is None else deco(fn)
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -592,3 +829,9 @@ def gpu_available() -> bool:
         except Exception:  # noqa: BLE001 - CuPy raises many kinds without a driver
             _GPU = False
     return _GPU
+
+
+# every validator and conversion above is itself an entry point: translate incidental errors
+for _name in _VALIDATORS:
+    globals()[_name] = public(globals()[_name], finite=False, result=False)
+del _name

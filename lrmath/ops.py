@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import rng
-from .backend import as_compute, backend_name, check_array, device_of, like, restore
+from .backend import as_compute, backend_name, check_array, device_of, like, public, restore
 from .errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -96,6 +96,7 @@ def _angles_np(n: int, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- kernels on (b, n) rows
+@public
 def fwht(x, xp=None):
     """Unnormalised fast Walsh-Hadamard transform along the last axis (length a power of two).
 
@@ -129,6 +130,7 @@ def _dev(x):
     return {} if backend_name(x) == "numpy" else {"device": device_of(x)}
 
 
+@public
 def dct2(x, xp=None):
     """Orthonormal DCT-II along the last axis (SciPy on NumPy, the namespace's FFT otherwise)."""
     if xp is None:
@@ -151,6 +153,7 @@ def dct2(x, xp=None):
     return re * scale
 
 
+@public
 def idct2(x, xp=None):
     """Inverse (= transpose) of :func:`dct2`: the orthonormal DCT-III along the last axis."""
     if xp is None:
@@ -186,6 +189,7 @@ def idct2(x, xp=None):
 
 
 # ----------------------------------------------------------------------------- the operator
+@public
 class OrthogonalOperator:
     """A seeded orthogonal ``n x n`` operator; see the module docstring for the kinds.
 
@@ -372,6 +376,7 @@ class OrthogonalOperator:
         return Q if dtype is None else xp.astype(Q, dtype)
 
 
+@public
 def orthogonal(kind: str | dict | OrthogonalOperator, n: int | None = None, seed: int = 0) -> OrthogonalOperator:
     """Build an operator from ``(kind, n, seed)``, a ``spec`` dict or an existing operator.
 
@@ -392,6 +397,7 @@ def orthogonal(kind: str | dict | OrthogonalOperator, n: int | None = None, seed
     return OrthogonalOperator(kind, n, seed)
 
 
+@public
 def kron(*factors: OrthogonalOperator) -> OrthogonalOperator:
     """Kronecker product ``Q_1 kron Q_2 kron ...`` (acts on a vector reshaped to ``(n_1, n_2, ...)``)."""
     if not factors:

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 from .errors import OptionError, ArgumentTypeError
+from .backend import public
 
 __all__ = [
     "MIX_M1",
@@ -70,6 +71,7 @@ def _mix_int(z: int) -> int:
     return z
 
 
+@public
 def stream_key(seed: int, stream: int = 0) -> int:
     """64-bit key of ``(seed, stream)``; both must be non-negative integers below 2**64."""
     for name, v in (("seed", seed), ("stream", stream)):
@@ -103,6 +105,7 @@ def _via_host(fn, xp, device, *args, **kw):
     return convert(np.ascontiguousarray(fn(*args, xp=np, **kw)), "torch", device)
 
 
+@public
 def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: int = 0, xp=np, device=None):
     """uint64 bits for counters ``offset, offset+1, ...`` laid out in C order over ``shape``.
 
@@ -130,6 +133,7 @@ def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: i
     return xp.reshape(z, shp)
 
 
+@public
 def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Uniforms in [0, 1): ``(bits >> 11) * 2**-53`` (float64, exact on every backend)."""
     if _is_torch_ns(xp):
@@ -140,6 +144,7 @@ def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None
     return u if dtype is None else xp.astype(u, dtype)
 
 
+@public
 def signs(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Random ``+1/-1`` from the top bit (``+1`` when it is 0)."""
     if _is_torch_ns(xp):
@@ -150,6 +155,7 @@ def signs(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, 
     return xp.astype(s, dtype if dtype is not None else xp.float64)
 
 
+@public
 def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np, device=None):
     """Integers in ``[0, high)`` by multiply-shift, ``((bits >> 32) * high) >> 32`` (int64).
 
@@ -164,6 +170,7 @@ def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np
     return xp.astype(v, xp.int64)
 
 
+@public
 def normal(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Standard normals by Box-Muller: element ``i`` uses counters ``2(offset+i)`` and ``2(offset+i)+1``.
 

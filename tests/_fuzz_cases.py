@@ -43,6 +43,10 @@ SKIP = {
     "lrmath.torch.MiniLM": "builds the full default architecture (seconds)",
     "lrmath.torch.RunLoRAPeftLinear": "a mixin installed by convert_peft, not constructed by users",
     "lrmath.backend.available_backends": "probes every installed library (slow; takes no input)",
+    "lrmath.backend.public": "the boundary decorator itself (it wraps any callable it is given)",
+    "lrmath.backend.as_lrmath_error": "the boundary's exception translator (maps any exception object)",
+    "lrmath.runlora.execute_torch.TorchOps": "executor inside the RunLoRA autograd Function (hot path traced by torch.compile); the layers validate its inputs",
+    "lrmath.runlora.execute_torch.run_program": "executor inside the RunLoRA autograd Function (hot path traced by torch.compile); the layers validate its inputs",
     "lrmath.torch.sparsegrad_mlp": "needs warm-up gradients of a model (covered by tests/test_sparsegrad_torch.py)",
 }
 
@@ -55,7 +59,8 @@ RECORD_TYPES_OK = True
 NAN_PASSTHROUGH = {
     "lrmath.backend.to_numpy", "lrmath.backend.convert", "lrmath.backend.like", "lrmath.backend.as_compute",
     "lrmath.backend.restore", "lrmath.backend.array_namespace", "lrmath.backend.check_array",
-    "lrmath.backend.finite_or_raise", "lrmath.backend.check_float",
+    "lrmath.backend.finite_or_raise", "lrmath.backend.check_float", "lrmath.backend.compute_dtype",
+    "lrmath.testing.eps", "lrmath.testing.tolerance", "lrmath.testing.z_limit", "lrmath.testing.z_score",
 }
 
 # Functions whose contract is to raise AssertionError on a failed check.

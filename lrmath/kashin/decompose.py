@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..backend import as_compute, check_array, restore
+from ..backend import as_compute, check_array, public, restore
 from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = ["decompose", "Decomposition", "DecompositionReport", "as_operator"]
@@ -44,6 +44,7 @@ __all__ = ["decompose", "Decomposition", "DecompositionReport", "as_operator"]
 METHODS = ("truncation", "greedy")
 
 
+@public
 def as_operator(Q, n: int, seed: int = 0) -> ops.OrthogonalOperator:
     """Accept an operator, a spec dict or a kind name (built with size ``n`` and ``seed``)."""
     if isinstance(Q, ops.OrthogonalOperator):
@@ -59,6 +60,7 @@ def as_operator(Q, n: int, seed: int = 0) -> ops.OrthogonalOperator:
     return op
 
 
+@public
 @dataclass
 class DecompositionReport:
     """What :func:`decompose` did.
@@ -107,6 +109,7 @@ class DecompositionReport:
         return "DecompositionReport\n" + "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
 
 
+@public
 @dataclass
 class Decomposition:
     """``x = u + Q v``: the two factors (shape of ``x``), the operator and a report."""
@@ -194,6 +197,7 @@ def _check_args(x, method: str, iters, tol, clip) -> int:
         raise OptionError(f"iters must be a non-negative integer, got {iters!r}")
     return int(iters)
 
+@public
 def decompose(x, Q="hadamard", *, method: str = "truncation", iters: int | None = None, tol: float = 1e-6,
               clip: float = 1.0, seed: int = 0) -> Decomposition:
     """Kashin representation ``x = u + Q v`` of every block ``x[..., :]`` (length ``N``).

@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import FormatError, OptionError
+from ..errors import FormatError, NonFiniteError, OptionError
+from ..backend import public
 
 __all__ = [
     "FORMAT",
@@ -48,6 +49,7 @@ _DTYPES = {"codes_u": np.uint8, "codes_v": np.uint8, "scale_u": np.float16, "sca
            "table_u": np.float32, "table_v": np.float32}
 
 
+@public(finite=False)
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Pack integer codes ``0 <= c < 2**bits`` into the little-endian bit stream of FORMAT.md.
 
@@ -82,6 +84,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(bitarr.reshape(-1), bitorder="little")
 
 
+@public(finite=False)
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: the first ``count`` codes as uint8, shape (count,)."""
     p = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
@@ -105,6 +108,7 @@ def _tensor_bytes(a) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
+@public(finite=False)
 def entry_checksum(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, version: int = VERSION) -> str:
     """SHA-256 (hex) of an entry (FORMAT.md, "Checksum").
 
@@ -137,6 +141,7 @@ def entry_checksum(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | 
     return h.hexdigest()
 
 
+@public
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it.
 
@@ -160,6 +165,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         raise
 
 
+@public
 def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.ndarray] | None = None) -> None:
     """Write quantized entries (``{name: {"meta": {...}, "tensors": {...}}}``) and plain tensors.
 
@@ -178,6 +184,9 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
         names = sorted(set(TENSORS) | set(e["tensors"]))
         meta["tensors"] = names
         stored = {t: np.ascontiguousarray(e["tensors"][t], dtype=_DTYPES.get(t)) for t in names}
+        for t, a in stored.items():
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise NonFiniteError(f"entry {name!r}: tensor {t} holds NaN/Inf; refusing to write an undecodable file")
         meta["sha256"] = entry_checksum(stored, meta)
         header["entries"][name] = meta
         for t in names:
@@ -202,6 +211,7 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+@public
 def read_header(path) -> tuple[dict, list[str]]:
     """Parse and check the header of a quantized file; return ``(header, all tensor names)``."""
     from safetensors import safe_open
@@ -260,6 +270,7 @@ def entry_tensor_names(meta: Mapping[str, Any], version: int = VERSION) -> list[
     return names
 
 
+@public(finite=False)
 def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray], *, version: int = VERSION) -> None:
     """Check an entry's fields, tensor dtypes and sizes, table order, scales and checksum (FORMAT.md)."""
     where = f"{path}: entry {name!r}"

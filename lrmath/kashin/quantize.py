@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..backend import check_array, check_choice, check_int, check_path, to_numpy
+from ..backend import check_array, check_choice, check_int, check_path, public, to_numpy
 from ..errors import (
     ArgumentTypeError,
     DTypeError,
@@ -65,6 +65,7 @@ _SPLIT_ITERS = 6
 _TRACK = False  # record the error after every sweep in ``info['sweep_error']`` (costs a pass each)
 
 
+@public
 def split_bits(bits) -> tuple[int, int]:
     """``bits`` (2..8, both factors together) -> ``(bits_u, bits_v)``; odd totals give ``u`` the extra bit."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
@@ -75,6 +76,7 @@ def split_bits(bits) -> tuple[int, int]:
     return (bits + 1) // 2, bits // 2
 
 
+@public
 def nearest_code(z: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of the ascending ``table`` for every value of ``z``.
 
@@ -89,6 +91,7 @@ def nearest_code(z: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, z, side="right").astype(np.uint8)
 
 
+@public
 def lloyd_max(z: np.ndarray, k: int, *, iters: int = 40, max_samples: int = 1 << 18) -> np.ndarray:
     """1-D k-means (Lloyd-Max quantizer) of the values ``z``: ``k`` ascending centroids.
 
@@ -317,6 +320,7 @@ def _basis_op(basis, block, seed):
     return as_operator(basis, block, seed)
 
 
+@public
 def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: str = "default",
              iters: int | None = None, seed: int = 0) -> "KashinQuantized":
     """Kashin-quantize a matrix.
@@ -365,6 +369,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     return q
 
 
+@public
 class KashinQuantized:
     """A Kashin-quantized ``(out, in)`` matrix (see FORMAT.md for the fields).
 
@@ -616,6 +621,7 @@ class KashinQuantized:
         return "KashinQuantized\n" + "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
 
 
+@public
 def load_entries(path, names=None) -> dict[str, KashinQuantized]:
     """Every quantized entry of a file (or those in ``names``), validated against FORMAT.md."""
     from safetensors import safe_open

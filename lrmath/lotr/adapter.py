@@ -43,7 +43,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..backend import array_namespace, check_array, check_positive_int
+from ..backend import array_namespace, check_array, check_positive_int, public
 from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["CHAINS", "AUTOGRAD_ORDERS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
@@ -138,6 +138,7 @@ def _expr(tree, factors) -> str:
     return walk(tree)
 
 
+@public
 @functools.lru_cache(maxsize=256)
 def chain_orders(dims: tuple[int, ...]) -> tuple:
     """Every association order of a chain with ``dims`` (from ``lrmath.runlora.chain.orders``).
@@ -149,6 +150,7 @@ def chain_orders(dims: tuple[int, ...]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- plan
+@public(methods=False)
 @dataclass(frozen=True)
 class ChainChoice:
     """The order chosen for one chain: tree of factor indices, readable expression, own FLOPs."""
@@ -159,6 +161,7 @@ class ChainChoice:
     flops_alone: int  # per layer, if computed with no reuse
 
 
+@public(methods=False)
 @dataclass
 class LoTRPlan:
     """Association orders for the forward (and backward) of ``L`` LoTR layers; ``repr`` is a table.
@@ -288,6 +291,7 @@ def _simulate(trees: dict, size: dict, shared: frozenset, pull_out: bool, matmul
     return done, reused
 
 
+@public
 def plan(t: int, m: int, n: int, r: int, L: int = 1, *, r_b: int | None = None,
          shared_input: bool = False, backward: bool = True, orders: dict | None = None) -> LoTRPlan:
     """Cheapest association orders (by FLOPs) for a LoTR step over ``L`` layers.
@@ -417,6 +421,7 @@ def _numel(key, size) -> int:
 
 
 # ----------------------------------------------------------------------------- execution
+@public
 @dataclass
 class LoTRGrads:
     """Gradients of one LoTR step: ``dX`` (L, t, m) or (t, m) for a shared input, ``dA`` (m, r_a),
@@ -539,6 +544,7 @@ def _layer_arrays(X, A, G, B, dY, l, shared, scale=1.0):
     return d
 
 
+@public
 def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = None,
             matmul: Callable | None = None, return_saved: bool = False, validate: bool = True):
     """``Y_l = X_l W_l + s X_l A G_l B^T`` for every layer, in the plan's order.
@@ -587,6 +593,7 @@ def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = N
     return Y
 
 
+@public
 def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = None,
              saved: dict | None = None, matmul: Callable | None = None, validate: bool = True) -> LoTRGrads:
     """Gradients of ``sum_l <dY_l, Y_l>`` for ``Y_l = X_l W_l + s X_l A G_l B^T``.

@@ -32,13 +32,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..backend import array_namespace, as_compute, check_array, check_positive_int
+from ..backend import array_namespace, as_compute, check_array, check_positive_int, public
 from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["Tucker2", "tucker2", "hosvd2", "reconstruct", "relative_error", "check_ranks"]
 
 
 # ----------------------------------------------------------------------------- validation
+@public
 def check_ranks(rank: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
     """Validate Tucker-2 ranks ``(r_a, r_b)`` for a stack of shape ``(L, m, n)``.
 
@@ -116,12 +117,14 @@ def _mT(xp, M):
     return xp.matrix_transpose(M)
 
 
+@public
 def reconstruct(A, G, B):
     """``A @ G[l] @ B.T`` for every layer: (m, r_a), (L, r_a, r_b), (n, r_b) -> (L, m, n)."""
     xp = array_namespace(A, G, B)
     return xp.matmul(xp.matmul(A, G), _mT(xp, B))
 
 
+@public
 def relative_error(T, approx) -> float:
     """``||T - approx||_F / ||T||_F`` over the whole stack (0 if both are zero)."""
     xp = array_namespace(T, approx)
@@ -133,6 +136,7 @@ def relative_error(T, approx) -> float:
 
 
 # ----------------------------------------------------------------------------- result
+@public
 @dataclass
 class Tucker2:
     """A Tucker-2 decomposition ``T[l] ~= A @ G[l] @ B.T`` and how it was found.
@@ -223,6 +227,7 @@ class Tucker2:
 
 
 # ----------------------------------------------------------------------------- algorithms
+@public
 def tucker2(
     T,
     rank: int | Sequence[int],
@@ -320,6 +325,7 @@ def tucker2(
                    stop_reason=reason, init=init_name, tol=tol, shape=(L, m, n))
 
 
+@public
 def hosvd2(T, rank: int | Sequence[int]) -> Tucker2:
     """Truncated Tucker-2 HOSVD of ``T`` (L, m, n): :func:`tucker2` with no HOOI sweep."""
     return tucker2(T, rank, init="hosvd", max_iter=0)

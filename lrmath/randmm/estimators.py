@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .. import rng
-from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, like, public, restore, to_numpy
 from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -139,6 +139,7 @@ def _ns(A):
     return array_namespace(A)
 
 
+@public
 def check_k(k: Any, t: int, *, name: str = "k") -> int:
     """Validate a sketch size: an integer with ``1 <= k <= t`` (clear errors otherwise)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -158,6 +159,7 @@ def _row_sq_norms(A) -> np.ndarray:
     return nrm * nrm
 
 
+@public
 def sampling_probabilities(X, Y=None, probs: str | Any = "xy") -> np.ndarray:
     """Row sampling probabilities ``p`` (float64 NumPy, sums to 1).
 
@@ -188,6 +190,7 @@ def sampling_probabilities(X, Y=None, probs: str | Any = "xy") -> np.ndarray:
     return p / p.sum()
 
 
+@public
 def bernoulli_probabilities(weights, k: float) -> np.ndarray:
     """Water-filling: ``q_i = min(1, c w_i)`` with ``sum q = k`` (float64 NumPy).
 
@@ -234,6 +237,7 @@ def _sample_with_replacement(p: np.ndarray, k: int, seed: int, stream: int, offs
     return idx.astype(np.int64)
 
 
+@public
 @dataclass
 class Sketch:
     """A seeded sketch ``C_hat = (L X)^T (R Y)`` with ``E[L^T R] = I``.
@@ -374,6 +378,7 @@ class Sketch:
         return self.apply_x(eye), self.apply_y(eye)
 
 
+@public
 def make_sketch(
     kind: str,
     t: int,
@@ -497,6 +502,7 @@ def _probs_from(X, Y, probs, t) -> np.ndarray:
     return sampling_probabilities(X, Y, probs)
 
 
+@public
 def estimate(X, Y, k: int, kind: str = "gaussian", *, seed: int = 0, stream: int = 0, **options):
     """Unbiased estimate of ``X^T Y`` (m, n) from a sketch of size ``k``.
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import check_array, to_numpy
+from ..backend import check_array, public, to_numpy
 from ..errors import OptionError, ShapeError
 from .estimators import check_k
 from .variance import stats, variance
@@ -28,6 +28,7 @@ from .variance import stats, variance
 __all__ = ["per_example_gradients", "sgd_variance", "compare", "Comparison", "max_compression", "Compression"]
 
 
+@public
 def per_example_gradients(X, dY, n_examples: int, *, scale: float | None = None) -> np.ndarray:
     """Per-example weight gradients ``g_b = scale * dY_b^T X_b`` (B, n, m), torch layout.
 
@@ -57,6 +58,7 @@ def per_example_gradients(X, dY, n_examples: int, *, scale: float | None = None)
     return (B if scale is None else scale) * np.einsum("bsn,bsm->bnm", Dn, Xn)
 
 
+@public
 def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float:
     """``E||g_batch - g_bar||^2`` of the mean of ``batch_size`` draws from ``per_example``.
 
@@ -85,6 +87,7 @@ def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float
     return v
 
 
+@public
 @dataclass
 class Comparison:
     """Rows ``(estimator, k, ratio k/t, Var_sketch, Var_sketch / Var_SGD)``."""
@@ -109,6 +112,7 @@ def _label(kind: str, opts: dict) -> str:
     return f"{kind}({extra})" if extra else kind
 
 
+@public
 def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> Comparison:
     """Exact sketch variance and its ratio to ``sgd_var`` for each estimator and ``k/t``.
 
@@ -137,6 +141,7 @@ def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> 
     return out
 
 
+@public
 @dataclass
 class Compression:
     """Result of :func:`max_compression`: the smallest safe ``k`` and what it gives."""
@@ -165,6 +170,7 @@ class Compression:
         )
 
 
+@public
 def max_compression(X, dY, sgd_var: float, target: float = 1.0, kind: str = "crs", **options) -> Compression:
     """Smallest ``k`` with ``Var_sketch(k) <= target * sgd_var`` (bisection; every formula
     in :mod:`.variance` decreases in ``k``).

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import check_array, to_numpy
+from ..backend import check_array, public, to_numpy
 from ..errors import OptionError, ShapeError
 from .estimators import KINDS, _TRANSFORM, bernoulli_probabilities, check_k, sampling_probabilities
 
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 
+@public
 @dataclass
 class Stats:
     """Float64 summaries of ``(X, Y)`` shared by every formula (computed once)."""
@@ -74,6 +75,7 @@ class Stats:
         return np.sqrt(self.u * self.v)
 
 
+@public
 def stats(X, Y) -> Stats:
     """:class:`Stats` of ``X`` (t, m) and ``Y`` (t, n)."""
     if isinstance(X, Stats):
@@ -90,11 +92,13 @@ def stats(X, Y) -> Stats:
     return Stats(Xn, Yn, u, v, C, float(np.sum(C * C)), float(np.dot(u, v)), float(u.sum() * v.sum()))
 
 
+@public
 def optimal_probabilities(X, Y) -> np.ndarray:
     """``p_i = ||x_i|| ||y_i|| / sum_j ||x_j|| ||y_j||``, the minimiser of the CRS variance."""
     return sampling_probabilities(X, Y, "xy")
 
 
+@public
 def crs_variance(st: Stats, p: np.ndarray, k: int) -> float:
     """``(sum u_i v_i / p_i - ||C||^2) / k`` (rows with ``p_i = 0`` must have ``u_i v_i = 0``)."""
     uv = st.u * st.v
@@ -103,6 +107,7 @@ def crs_variance(st: Stats, p: np.ndarray, k: int) -> float:
     return float((terms.sum() - st.C2) / k)
 
 
+@public
 def bernoulli_variance(st: Stats, q: np.ndarray) -> float:
     """``sum (1/q_i - 1) u_i v_i`` for Poisson sampling with keep-probabilities ``q``."""
     uv = st.u * st.v
@@ -111,6 +116,7 @@ def bernoulli_variance(st: Stats, q: np.ndarray) -> float:
     return float(terms.sum())
 
 
+@public
 def optimal_bernoulli_variance(st: Stats, k: float) -> float:
     """Closed form at the water-filling optimum: ``(sum_U a)^2 / (k - |F1|) - sum_U a^2``."""
     a = st.a
@@ -122,6 +128,7 @@ def optimal_bernoulli_variance(st: Stats, k: float) -> float:
     return float(a[U].sum() ** 2 / (k - full.sum()) - np.sum(a[U] ** 2))
 
 
+@public
 def transform_row_moment(kind: str, st: Stats) -> float:
     """``sum_r E_D ||x~_r||^2 ||y~_r||^2`` for ``X~ = H D X`` (random signs ``D``).
 
@@ -146,6 +153,7 @@ def _sorted_desc(p: np.ndarray) -> np.ndarray:
     return np.argsort(-p, kind="stable")
 
 
+@public
 def wta_variances(p: np.ndarray, k: int, X, Y=None) -> np.ndarray:
     """Exact WTA-CRS variance for every ``|D| = 0 .. k-1`` (array of length ``k``).
 
@@ -182,6 +190,7 @@ def wta_variances(p: np.ndarray, k: int, X, Y=None) -> np.ndarray:
     return var
 
 
+@public
 def wta_deterministic_size(p: np.ndarray, k: int, *, rule: str = "optimal", X=None, Y=None) -> int:
     """``|D|`` for WTA-CRS: ``'optimal'`` minimises :func:`wta_variances` (decisions.md);
     ``'authors'`` is the largest ``|D| < k`` with ``P_D > |D| / k`` (Liu et al. 2023: the
@@ -200,6 +209,7 @@ def wta_deterministic_size(p: np.ndarray, k: int, *, rule: str = "optimal", X=No
     raise OptionError(f"rule must be 'optimal' or 'authors', got {rule!r}")
 
 
+@public
 def variance(
     X,
     Y,

@@ -19,15 +19,18 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import ShapeError
+from ..backend import public
 
 __all__ = ["ChainOrder", "matmul_flops", "orders", "best_order", "num_orders"]
 
 
+@public
 def matmul_flops(p, q, r):
     """FLOPs of a ``(p, q) @ (q, r)`` product: ``2 p q r`` (one multiply and one add per term)."""
     return 2 * p * q * r
 
 
+@public(methods=False)
 @dataclass(frozen=True)
 class ChainOrder:
     """One parenthesisation of a matrix chain.
@@ -104,11 +107,13 @@ def _evaluate(tree, dims, steps: list):
     return p, r
 
 
+@public
 def num_orders(k: int) -> int:
     """Number of parenthesisations of a chain of ``k`` matrices (Catalan number C(k-1))."""
     return len(_trees(0, k - 1)) if k >= 1 else 0
 
 
+@public
 def orders(dims: Sequence, names: Sequence[str] | None = None) -> list[ChainOrder]:
     """Every association order of the chain with shapes ``(dims[i], dims[i+1])``.
 
@@ -142,6 +147,7 @@ def orders(dims: Sequence, names: Sequence[str] | None = None) -> list[ChainOrde
     return out
 
 
+@public
 def best_order(dims: Sequence[int], names: Sequence[str] | None = None) -> ChainOrder:
     """The order with the fewest FLOPs (ties: the first in :func:`orders`' order).
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Mapping
 from ..errors import OptionError, ArgumentTypeError
+from ..backend import public
 
 __all__ = ["Poly", "SYMBOLS", "T", "M", "N", "R"]
 
 SYMBOLS = ("t", "m", "n", "r")
 
 
+@public(methods=False)
 class Poly:
     """Polynomial with integer coefficients in the symbols ``t, m, n, r`` (immutable)."""
 

@@ -47,6 +47,7 @@ from typing import Any
 from .chain import orders
 from .costs import M, N, Poly, R, T
 from ..errors import OptionError
+from ..backend import public
 
 __all__ = [
     "Step",
@@ -159,6 +160,7 @@ def canonical(node) -> tuple[str, bool]:
 
 
 # ----------------------------------------------------------------------------- programs
+@public(methods=False)
 @dataclass(frozen=True)
 class Step:
     """One executed operation.
@@ -198,6 +200,7 @@ def _step_flops(op, shp, inner_dim, alpha) -> Poly:
     return size if op != "colsum" else size * T
 
 
+@public(methods=False)
 @dataclass
 class Graph:
     """A forward or backward program with its exact costs (see :mod:`lrmath.runlora.costs`).
@@ -609,6 +612,7 @@ def _signature(steps, outputs, saved):
     return (tuple((s.op, s.args, s.alpha, s.key) for s in steps), tuple(sorted(outputs.items())), tuple(sorted(saved)))
 
 
+@public(methods=False)
 @dataclass
 class GraphSpace:
     """All distinct forward and backward graphs for one set of flags."""
@@ -666,6 +670,7 @@ class GraphSpace:
                 f"{len(self.forward)} forward, {len(self.backward)} backward graphs)")
 
 
+@public
 def graph_space(x_grad: bool = True, w_grad: bool = False, bias: bool = False, dropout: bool = False) -> GraphSpace:
     """Every distinct forward and backward graph for these flags (generated once, then cached).
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from ..backend import check_bool, check_choice, check_int, check_positive_int, require_module
+from ..backend import check_bool, check_choice, check_int, check_positive_int, public, require_module
 from ..errors import BackendUnavailableError, OptionError, RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
@@ -27,6 +27,7 @@ _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 _OBJECTIVES = ("flops", "time", "memory")
 
 
+@public
 def itemsize_of(dtype: Any) -> int:
     """Bytes per element of a float dtype given as a string, NumPy, torch or ml_dtypes dtype."""
     if isinstance(dtype, type) and issubclass(dtype, np.generic):  # np.float16 (the scalar type)
@@ -39,6 +40,7 @@ def itemsize_of(dtype: Any) -> int:
     return _ITEMSIZE[name]
 
 
+@public(methods=False)
 @dataclass(frozen=True)
 class Choice:
     """A forward/backward pair with its exact costs (polynomials in t, m, n, r)."""
@@ -58,6 +60,7 @@ class Choice:
                 "bytes_moved": self.bytes_moved(t, m, n, r)}
 
 
+@public(methods=False)
 @dataclass
 class Segment:
     """``choice`` is optimal for ``t_from <= t <= t_to`` (integers; ``t_to`` None = no end).
@@ -72,6 +75,7 @@ class Segment:
     crossing: Fraction | None
 
 
+@public(methods=False)
 @dataclass
 class Plan:
     """The result of :func:`plan`.
@@ -269,6 +273,7 @@ def _envelope(cands, value, t_max=None):
     return segs
 
 
+@public
 def peft_pair(space: GraphSpace) -> tuple[Graph, Graph]:
     """The forward/backward graphs PEFT's LoraLayer runs under autograd (see graphs.PEFT)."""
     f = space.find("forward", **PEFT["forward"])
@@ -304,6 +309,7 @@ def _choice(space, f, b, itemsize) -> Choice:
                   f.bytes_moved(itemsize) + b.bytes_moved(itemsize))
 
 
+@public
 def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "float32", x_grad: bool = True,
          w_grad: bool = False, bias: bool = False, dropout: bool = False, objective: str = "flops",
          memory_budget: int | None = None, backend: Any = None, cache: bool = True) -> Plan:
@@ -433,6 +439,7 @@ def _paper_best(space, item, m, n, r, t) -> Choice | None:
     return best
 
 
+@public
 def paper_graphs(space: GraphSpace, forward: str, backward: str) -> tuple[Graph, Graph]:
     """Our graphs for the paper's ``forwardK``/``backwardK`` names (X saved, XA recomputed).
 

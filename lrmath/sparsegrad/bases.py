@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import ops
-from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, like, public, restore, to_numpy
 from ..errors import (
     EmptyInputError,
     IndexRangeError,
@@ -64,6 +64,7 @@ BASIS_KINDS = ("original", "dct", "hadamard", "random", "learned")
 _OPS_KIND = {"original": "identity", "identity": "identity", "dct": "dct", "hadamard": "hadamard", "random": "haar", "haar": "haar"}
 
 
+@public
 class LearnedBasis:
     """A dense orthogonal basis ``Q (n, n)`` (columns = basis vectors), same interface as
     :class:`lrmath.ops.OrthogonalOperator`.
@@ -148,6 +149,7 @@ class LearnedBasis:
         return f"LearnedBasis(n={self.n}, dtype={str(self.Q.dtype).rsplit('.', 1)[-1]})"
 
 
+@public
 def basis(kind, n: int, seed: int = 0):
     """A fixed basis of size ``n``: ``'original'``, ``'dct'``, ``'hadamard'`` or ``'random'``.
 
@@ -184,6 +186,7 @@ def _sym_eig_desc(A: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarr
     return np.maximum(w, 0.0), Q * s[None, :]
 
 
+@public
 class GramAccumulator:
     """Running Gram matrices of a layer's gradients, from which the learned basis comes.
 
@@ -273,6 +276,7 @@ class GramAccumulator:
         return f"GramAccumulator(n={self.n}, m={self.m}, steps={self.steps}, normalize={self.normalize}, decay={self.decay})"
 
 
+@public
 def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = 0.97, dtype=np.float32):
     """Learned ``(U, V)`` from an iterable of gradients ``G_s (n, m)`` (see :class:`GramAccumulator`)."""
     acc = None
@@ -286,6 +290,7 @@ def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = 0.9
     return acc.bases(dtype=dtype)
 
 
+@public
 def columns(Q, idx, ref=None):
     """Columns ``Q[:, idx]`` of a basis as an ``(n, len(idx))`` array like ``ref`` (NumPy default).
 
@@ -308,6 +313,7 @@ def columns(Q, idx, ref=None):
     return xp.astype(like(out, ref), ref.dtype)
 
 
+@public
 def transform(G, U, V):
     """``G~ = U^T G V`` for ``G (n, m)`` (paper eq. 2). ``U``, ``V``: bases or kind names."""
     check_array(G, "G", ndim=2)
@@ -317,6 +323,7 @@ def transform(G, U, V):
     return U.apply_t(V.apply_t(G, axis=1), axis=0)
 
 
+@public
 def inverse_transform(Gt, U, V):
     """``G = U G~ V^T`` (inverse of :func:`transform`)."""
     check_array(Gt, "Gt", ndim=2)

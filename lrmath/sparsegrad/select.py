@@ -24,7 +24,15 @@ import math
 
 import numpy as np
 
-from ..backend import array_namespace, check_array, check_positive_int, is_numpy, like, to_numpy
+from ..backend import (
+    array_namespace,
+    check_array,
+    check_positive_int,
+    is_numpy,
+    like,
+    public,
+    to_numpy,
+)
 from ..errors import (
     ArgumentTypeError,
     IndexRangeError,
@@ -44,6 +52,7 @@ __all__ = [
 ]
 
 
+@public
 def k_for_density(shape, density: float) -> int:
     """Number of entries ``max(1, round(density * n * m))`` for a density in (0, 1]."""
     density = float(density)
@@ -53,6 +62,7 @@ def k_for_density(shape, density: float) -> int:
     return max(1, min(size, int(round(density * size))))
 
 
+@public
 def check_indices(idx, shape) -> np.ndarray:
     """Validate a flat index set for ``shape``: 1-D integers, in range, strictly increasing."""
     a = np.asarray(to_numpy(idx))
@@ -69,6 +79,7 @@ def check_indices(idx, shape) -> np.ndarray:
     return a
 
 
+@public
 def topk_of_values(idx: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Positions (into ``idx``) of the ``k`` best ``score`` entries with the tie rule
     (higher score, then lower ``idx``), returned in ascending ``idx`` order."""
@@ -88,6 +99,7 @@ def _topk_flat_numpy(a: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
+@public
 def topk_global(Gt, k: int):
     """Flat indices (sorted) of the ``k`` largest ``|Gt|`` entries of ``Gt (n, m)``.
 
@@ -104,6 +116,7 @@ def topk_global(Gt, k: int):
     return xp.astype(xp.sort(order), xp.int64)
 
 
+@public
 def topk_per_row(Gt, k: int):
     """Flat indices (sorted) of the ``k`` largest ``|Gt|`` entries in each row of ``Gt (n, m)``."""
     xp = check_array(Gt, "Gt", ndim=2)
@@ -116,6 +129,7 @@ def topk_per_row(Gt, k: int):
     return xp.reshape(xp.astype(order, xp.int64) + base, (-1,))
 
 
+@public
 def threshold_select(Gt, tau: float):
     """Flat indices (sorted) of the entries with ``|Gt| >= tau``."""
     xp = check_array(Gt, "Gt", ndim=2)
@@ -133,6 +147,7 @@ def _dev(x):
     return {} if backend_name(x) == "numpy" else {"device": device_of(x)}
 
 
+@public
 def carry_over(values, old_idx, new_idx):
     """State for ``new_idx`` from state ``values`` on ``old_idx`` (kept entries keep their
     value, new entries start at zero). ``values`` may have leading batch axes; the last
@@ -154,6 +169,7 @@ def carry_over(values, old_idx, new_idx):
     return out
 
 
+@public
 class IndexSelector:
     """A fixed index set of ``k`` entries, chosen from accumulated statistics and refreshed
     every ``refresh_every`` steps.

@@ -38,6 +38,8 @@ from torch import nn
 
 from .. import lotr as _lotr
 from ..errors import OptionError, RankError, ShapeError
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
 
@@ -55,7 +57,7 @@ class _PlannedLoTR(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, A, Gl, B, scale, plan):
         X, G = x2.unsqueeze(0), Gl.unsqueeze(0)
-        Y, saved = _lotr.forward(X, A, G, B, scale=scale, plan=plan, return_saved=True, validate=False)
+        Y, saved = _lotr.forward.__wrapped__(X, A, G, B, scale=scale, plan=plan, return_saved=True, validate=False)
         # memo entries are key -> (tensor, orientation flag); tensors go through save_for_backward
         items = [("layers", k, v) for k, v in saved["layers"][0].items()] + [("shared", k, v) for k, v in saved["shared"].items()]
         ctx.keys = [(where, k, flag) for where, k, (_, flag) in items]
@@ -69,11 +71,12 @@ class _PlannedLoTR(torch.autograd.Function):
         saved = {"layers": [{}], "shared": {}}
         for (where, k, flag), v in zip(ctx.keys, vals):
             (saved["layers"][0] if where == "layers" else saved["shared"])[k] = (v, flag)
-        g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=ctx.scale, plan=ctx.plan,
+        g = _lotr.backward.__wrapped__(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=ctx.scale, plan=ctx.plan,
                            saved=saved, validate=False)
         return g.dX[0], g.dA, g.dG[0], g.dB, None, None
 
 
+@public
 class LoTR(nn.Module):
     """Shared factors and per-layer cores of ``L`` LoTR-adapted linears of shape (out, in).
 
@@ -210,6 +213,7 @@ class LoTR(nn.Module):
                 f"scale={self.scale:.4g}, params={self.num_parameters():,}, planned={self.planned}")
 
 
+@public
 class LoTRLinear(nn.Module):
     """A frozen ``nn.Linear`` plus core ``index`` of a shared :class:`LoTR`.
 
@@ -243,6 +247,7 @@ class LoTRLinear(nn.Module):
     def bias(self):
         return self.base.bias
 
+    @layer_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged:
@@ -272,6 +277,7 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+@public
 def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int, *, rank_out: int | None = None,
                scale: float | None = None, init: str = "zeros", updates: Mapping[str, torch.Tensor] | None = None,
                group_by: str = "shape", seed: int = 0, freeze: bool = True, planned: bool | str = "auto",
@@ -374,6 +380,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+@public
 @torch.no_grad()
 def merge_lotr(model: nn.Module) -> nn.Module:
     """Fold every LoTR update into its weight and restore plain ``nn.Linear`` layers; in place."""
@@ -386,6 +393,7 @@ def merge_lotr(model: nn.Module) -> nn.Module:
     return model
 
 
+@public
 def lotr_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     """The trainable LoTR parameters of a model prepared by :func:`apply_lotr`."""
     if not hasattr(model, "lotr_adapters"):

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ..errors import OptionError, ArgumentTypeError
+from ..backend import public
 
 __all__ = ["MiniLM", "mean_pool"]
 
@@ -76,6 +77,7 @@ _ACTIVATIONS = {
 }
 
 
+@public
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
     """Mean of token states over real tokens, optionally L2-normalised (sentence-transformers).
 
@@ -231,6 +233,7 @@ class _Pooler(nn.Module):
         return torch.tanh(self.dense(h[:, 0]))
 
 
+@public
 class MiniLM(nn.Module):
     """BERT encoder with the checkpoint's module names (all-MiniLM-L6-v2 by default).
 
@@ -321,7 +324,7 @@ class MiniLM(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return mean_pool(self.forward(input_ids, attention_mask, token_type_ids), attention_mask, normalize=normalize)
+        return mean_pool.__wrapped__(self.forward(input_ids, attention_mask, token_type_ids), attention_mask, normalize=normalize)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """BERT's [CLS] pooler output ``tanh(W_p h[:, 0] + b_p)``, shape (b, hidden_size)."""

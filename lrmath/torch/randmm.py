@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentTypeError, OptionError, ShapeError
-from ..randmm.estimators import DATA_INDEPENDENT, check_k, make_sketch
+from ..randmm.estimators import DATA_INDEPENDENT, check_k
+from ..randmm.estimators import make_sketch as _public_make_sketch
+
+make_sketch = _public_make_sketch.__wrapped__  # hot path inside forward: no NaN scan of activations per step
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
 
@@ -97,6 +102,7 @@ class _RandomizedLinearFn(torch.autograd.Function):
         return dx, dw, db, None
 
 
+@public
 class RandomizedLinear(nn.Linear):
     """Drop-in ``nn.Linear`` with a sketched weight gradient (arXiv 2201.13195).
 
@@ -191,6 +197,7 @@ class RandomizedLinear(nn.Linear):
         regen = self.estimator in DATA_INDEPENDENT or (self.estimator == "crs" and self.probs == "uniform")
         return k * self.in_features * el + (0 if regen else 8 * k)
 
+    @layer_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
         if input.dim() < 1 or input.shape[-1] != self.in_features:
             raise ShapeError(f"RandomizedLinear expects inputs (..., {self.in_features}), got {tuple(input.shape)}")
@@ -222,6 +229,7 @@ class RandomizedLinear(nn.Linear):
         return f"{super().extra_repr()}, {size}, estimator={self.estimator!r}{extra}, seed={self.seed}"
 
 
+@public
 def randomize(
     model: nn.Module,
     ratio: float = 0.25,

@@ -25,6 +25,8 @@ from torch import nn
 from ..errors import OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.plan import plan as _plan
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["LoRALinear", "convert_peft", "lora_function", "RunLoRAPeftLinear"]
 
@@ -124,6 +126,7 @@ class _LoRAFunction(torch.autograd.Function):
         return dx, dw, db, g["dA"].t(), g["dB"].t(), None, None, None, None
 
 
+@public
 def lora_function(x, weight, bias, lora_A, lora_B, scale, *, mask=None, fan_in_fan_out=False, objective="flops",
                   graphs=None):
     """Functional RunLoRA layer (torch layout).
@@ -166,6 +169,7 @@ def _dropout_mask(x, p):
     return torch.empty(x.shape, device=x.device, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
+@public
 class LoRALinear(nn.Module):
     """A frozen linear layer with a LoRA adapter, executed with a RunLoRA plan.
 
@@ -246,6 +250,7 @@ class LoRALinear(nn.Module):
                      w_grad=self.weight.requires_grad, bias=self.bias is not None,
                      dropout=self.training and self.lora_dropout > 0, objective=self.objective)
 
+    @layer_forward
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")
@@ -256,7 +261,7 @@ class LoRALinear(nn.Module):
         if self.training and self.lora_dropout > 0:
             mask = self.mask_fn(x, self.lora_dropout)
             s = s / (1.0 - self.lora_dropout)
-        return lora_function(x, self.weight, self.bias, self.lora_A, self.lora_B, s, mask=mask,
+        return lora_function.__wrapped__(x, self.weight, self.bias, self.lora_A, self.lora_B, s, mask=mask,
                              objective=self.objective)
 
     def extra_repr(self):
@@ -296,11 +301,12 @@ class RunLoRAPeftLinear:
             return self._runlora_peft_forward(x, *args, **kwargs)
         w = base.weight
         x_in = x.to(lA.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
-        y = lora_function(x_in, w, base.bias, lA.weight, lB.weight, s, mask=mask,
+        y = lora_function.__wrapped__(x_in, w, base.bias, lA.weight, lB.weight, s, mask=mask,
                           fan_in_fan_out=self.fan_in_fan_out, objective=self.runlora_objective)
         return y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
 
 
+@public
 def convert_peft(model: nn.Module, *, objective: str = "flops") -> nn.Module:
     """Make every LoRA ``Linear`` of a PEFT model run RunLoRA graphs, in place.
 

@@ -52,6 +52,8 @@ from ..errors import ArgumentTypeError, OptionError, ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
 from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
 
@@ -171,6 +173,7 @@ class _SparseGradFn(torch.autograd.Function):
         return g_x, None, g_b, g_delta, None, None, None, None, None, None, None, None, None, None
 
 
+@public
 class SparseGradLinear(nn.Module):
     """A linear layer trained through ``nnz`` entries of its weight in the basis ``(U, V)``.
 
@@ -270,6 +273,7 @@ class SparseGradLinear(nn.Module):
         return cls(linear.weight, linear.bias, U, V, indices, **kw)
 
     # -- forward ---------------------------------------------------------------------
+    @layer_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.m:
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.m} (shape {tuple(x.shape)})")
@@ -365,6 +369,7 @@ def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> b
     return any(fnmatch.fnmatchcase(name, p) for p in patterns) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
+@public
 def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learned", *,
                    patterns: Sequence[str] = DEFAULT_PATTERNS, exclude: Sequence[str] = DEFAULT_EXCLUDE, warmup: Callable[[nn.Module], torch.Tensor] | None = None,
                    steps: int = 8, grads: Mapping[str, Iterable[torch.Tensor]] | None = None,
