@@ -655,6 +655,36 @@ def _scan_argument(name: str, a: Any, depth: int = 0) -> None:
             _scan_argument(f"{name}[{k!r}]", v, depth + 1)
 
 
+# type hints the boundary enforces strictly (no truncation of 2.5 to 2, no truthy strings as flags)
+_ANNOTATION_KINDS = {
+    "int": "int", "int|None": "int?", "Optional[int]": "int?",
+    "bool": "bool",
+    "float": "float", "float|None": "float?", "Optional[float]": "float?",
+    "str": "str", "str|None": "str?", "Optional[str]": "str?",
+}
+
+
+def _check_annotated(qual: str, name: str, v: Any, kind: str) -> None:
+    if kind.endswith("?"):
+        if v is None:
+            return
+        kind = kind[:-1]
+    if kind == "int":
+        ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        want = "an integer"
+    elif kind == "bool":
+        ok = isinstance(v, (bool, np.bool_))
+        want = "True or False"
+    elif kind == "float":
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        want = "a real number"
+    else:
+        ok = isinstance(v, str)
+        want = "a string"
+    if not ok:
+        raise ArgumentTypeError(f"{qual}: {name} must be {want}, got {v!r} ({type(v).__name__})")
+
+
 def _nonfinite_result(out: Any, depth: int = 0) -> bool:
     import dataclasses
 
@@ -684,6 +714,8 @@ _BOUNDARY = threading.local()  # depth > 0 while a public entry point runs (nest
 def public(fn=None, *, finite: bool | Sequence[str] = True, result: bool = True, methods: bool = True):
     """Decorator for every public entry point: the error promise, by construction.
 
+    * parameters annotated ``int``, ``bool``, ``float`` or ``str`` (optionally ``| None``) get
+      exactly that type (:class:`ArgumentTypeError`): ``2.5`` is no ``int``, ``"no"`` no ``bool``;
     * array arguments that are complex or object are refused (:class:`DTypeError`), float
       arguments holding NaN/Inf (:class:`NonFiniteError`), unless ``finite=False`` (or
       the argument is not named in ``finite`` when it is a list of names);
@@ -706,6 +738,13 @@ def public(fn=None, *, finite: bool | Sequence[str] = True, result: bool = True,
         except (TypeError, ValueError):  # pragma: no cover - builtins
             sig = None
         names = set(finite) if isinstance(finite, (list, tuple, set, frozenset)) else None
+        typed = {}
+        if sig is not None:
+            for pname, par in sig.parameters.items():
+                ann = par.annotation if isinstance(par.annotation, str) else getattr(par.annotation, "__name__", "")
+                kind = _ANNOTATION_KINDS.get(str(ann).replace(" ", "").strip("'\""))
+                if kind:
+                    typed[pname] = kind
 
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
@@ -728,6 +767,8 @@ def public(fn=None, *, finite: bool | Sequence[str] = True, result: bool = True,
                         for kk, vv in v.items():
                             _scan_argument(kk, vv)
                     else:
+                        if k in typed:
+                            _check_annotated(qual, k, v, typed[k])
                         _scan_argument(k, v)
             state.depth = 1
             try:

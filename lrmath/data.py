@@ -74,7 +74,7 @@ from .errors import (
     FormatError,
     OptionError,
 )
-from .backend import public
+from .backend import check_int, public
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -658,7 +658,7 @@ def text_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
         for j in range(len(sents) // 2):
             other = topics[(t + 1 + j % (k - 1)) % k]  # rotation never returns to topic t
             pairs.append((sents[2 * j], other[2 * j + 1], 0.0))
-    order = np.argsort(rng.random_bits(int(seed), 0, len(pairs)), kind="stable")
+    order = np.argsort(rng.random_bits(check_int(seed, "seed", minimum=0, maximum=2**64 - 1), 0, len(pairs)), kind="stable")
     return [pairs[i] for i in order]
 
 
@@ -727,7 +727,7 @@ def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
     torch = _torch()
     classes = list(_TOPICS)
     items = [(s, c) for c, name in enumerate(classes) for s in _TOPICS[name]]
-    order = np.argsort(rng.random_bits(int(seed), 1, len(items)), kind="stable")
+    order = np.argsort(rng.random_bits(check_int(seed, "seed", minimum=0, maximum=2**64 - 1), 1, len(items)), kind="stable")
     items = [items[i] for i in order]
     ids, mask = tokenize([s for s, _ in items], max_length)
     return {

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import rng
-from .backend import as_compute, backend_name, check_array, device_of, like, public, restore
+from .backend import as_compute, backend_name, check_array, check_axis, check_int, device_of, like, public, restore
 from .errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -215,7 +215,7 @@ class OrthogonalOperator:
                 raise ShapeError(f"kron factor sizes {[f.n for f in factors]} do not multiply to {n}")
         self.kind = kind
         self.n = int(n)
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self.factors = tuple(factors) if factors else ()
         self._cache: dict[Any, Any] = {}
 
@@ -346,7 +346,7 @@ class OrthogonalOperator:
         nd = len(x.shape)
         if nd == 0:
             raise ShapeError("x must have at least one dimension")
-        ax = axis % nd
+        ax = check_axis(axis, nd)  # no modulo wrap: axis 2 of a 2-D array is an error
         if x.shape[ax] != self.n:
             raise ShapeError(f"operator of size {self.n} applied along axis {axis} of length {x.shape[ax]} (shape {tuple(x.shape)})")
         xp, xc, dt = as_compute(x, xp)

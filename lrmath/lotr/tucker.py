@@ -128,8 +128,14 @@ def reconstruct(A, G, B):
 def relative_error(T, approx) -> float:
     """``||T - approx||_F / ||T||_F`` over the whole stack (0 if both are zero)."""
     xp = array_namespace(T, approx)
-    num = float(xp.linalg.vector_norm(T - approx))
-    den = float(xp.linalg.vector_norm(T))
+    check_array(T, "T", dtype="real")
+    check_array(approx, "approx", dtype="real", shape=tuple(T.shape))
+    # scale by the largest magnitude first, so entries near 1e300 do not overflow the squares
+    s = max(float(xp.max(xp.abs(T))), float(xp.max(xp.abs(approx))))
+    if s == 0.0:
+        return 0.0
+    num = float(xp.linalg.vector_norm(T / s - approx / s))
+    den = float(xp.linalg.vector_norm(T / s))
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return num / den

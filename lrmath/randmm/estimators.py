@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .. import rng
-from ..backend import array_namespace, as_compute, check_array, like, public, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, check_bool, check_int, like, public, restore, to_numpy
 from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -414,13 +414,14 @@ def make_sketch(
     """
     if kind not in KINDS:
         raise OptionError(f"unknown estimator {kind!r}; choose one of {KINDS}")
-    t = int(t)
+    t = check_int(t, "t", minimum=1)
     k = check_k(k, t)
     if X is not None and int(X.shape[0]) != t:
         raise ShapeError(f"X has {X.shape[0]} rows, expected t={t}")
     if Y is not None and int(Y.shape[0]) != t:
         raise ShapeError(f"Y has {Y.shape[0]} rows, expected t={t}")
-    sk = Sketch(kind, t, k, int(seed), int(stream), bool(replace))
+    seed, stream = check_int(seed, "seed", minimum=0, maximum=2**64 - 1), check_int(stream, "stream", minimum=0, maximum=2**64 - 1)
+    sk = Sketch(kind, t, k, seed, stream, check_bool(replace, "replace"))
     rng.stream_key(seed, stream)  # validates seed and stream
     s_idx = int(stream) * 64 + STREAM_INDEX
     if kind in DATA_INDEPENDENT:

@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import ops
-from ..backend import array_namespace, as_compute, check_array, like, public, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, check_axis, like, public, restore, to_numpy
 from ..errors import (
     EmptyInputError,
     IndexRangeError,
@@ -109,7 +109,7 @@ class LearnedBasis:
     def _along(self, x, axis, transpose):
         xp = check_array(x, "x", finite=False, nonempty=False)
         nd = len(x.shape)
-        ax = axis % nd
+        ax = check_axis(axis, nd)  # no modulo wrap: axis 2 of a 2-D array is an error
         if x.shape[ax] != self.n:
             raise ShapeError(f"basis of size {self.n} applied along axis {axis} of length {x.shape[ax]} (shape {tuple(x.shape)})")
         xp, xc, dt = as_compute(x, xp)

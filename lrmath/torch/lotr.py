@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import lotr as _lotr
 from ..errors import OptionError, RankError, ShapeError
-from ..backend import public
+from ..backend import check_int, public
 from ._inputs import layer_forward
 
 __all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
@@ -106,15 +106,17 @@ class LoTR(nn.Module):
     def __init__(self, in_features: int, out_features: int, n_layers: int, rank: int, *, rank_out: int | None = None,
                  scale: float | None = None, seed: int = 0, planned: bool | str = "auto", dtype=None, device=None):
         super().__init__()
-        ra = int(rank)
-        rb = ra if rank_out is None else int(rank_out)
+        ra = check_int(rank, "rank", error=RankError)
+        rb = ra if rank_out is None else check_int(rank_out, "rank_out", error=RankError)
+        for nm, v in (("n_layers", n_layers), ("in_features", in_features), ("out_features", out_features)):
+            check_int(v, nm, minimum=1)
         _lotr.check_ranks((ra, rb), (int(n_layers), int(in_features), int(out_features)))
         self.in_features, self.out_features, self.n_layers = int(in_features), int(out_features), int(n_layers)
         self.scale = float(1.0 / ra if scale is None else scale)
         if planned not in (True, False, "auto"):
             raise OptionError(f"planned must be True, False or 'auto', got {planned!r}")
         self.planned = planned
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         kw = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         self.A = nn.Parameter(torch.empty(self.in_features, ra, **kw))
         self.B = nn.Parameter(torch.empty(self.out_features, rb, **kw))
@@ -155,8 +157,8 @@ class LoTR(nn.Module):
         if U.ndim != 3:
             raise ShapeError(f"updates must be (L, out, in), got shape {U.shape}")
         L, out, inn = U.shape
-        ra = int(rank)
-        rb = ra if rank_out is None else int(rank_out)
+        ra = check_int(rank, "rank", error=RankError)
+        rb = ra if rank_out is None else check_int(rank_out, "rank_out", error=RankError)
         dec = _lotr.tucker2(np.ascontiguousarray(U.transpose(0, 2, 1)), (ra, rb), max_iter=max_iter, tol=tol)
         if dtype is None and isinstance(updates, torch.Tensor) and updates.is_floating_point():
             dtype = updates.dtype

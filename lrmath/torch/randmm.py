@@ -38,7 +38,7 @@ from ..randmm.estimators import DATA_INDEPENDENT, check_k
 from ..randmm.estimators import make_sketch as _public_make_sketch
 
 make_sketch = _public_make_sketch.__wrapped__  # hot path inside forward: no NaN scan of activations per step
-from ..backend import public
+from ..backend import check_int, public
 from ._inputs import layer_forward
 
 __all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
@@ -170,7 +170,7 @@ class RandomizedLinear(nn.Linear):
         self.probs = probs
         self.replace = bool(replace)
         self.deterministic = deterministic
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self.calls = 0
 
     @classmethod
