@@ -696,12 +696,14 @@ def _nonfinite_result(out: Any, depth: int = 0) -> bool:
             return a.size > 0 and not bool(np.isfinite(a).all())
         return False
     if is_torch(out):
+        if str(out.layout) != "torch.strided" or out.device.type != "cpu":
+            return False  # sparse layouts have no isfinite; a GPU check would force a sync
         return bool(out.is_floating_point() and out.numel() and not bool(out.detach().isfinite().all()))
-    if depth < 2 and isinstance(out, (list, tuple)):
+    if depth < 4 and isinstance(out, (list, tuple)):
         return any(_nonfinite_result(v, depth + 1) for v in out[:256])
-    if depth < 2 and isinstance(out, dict):
+    if depth < 4 and isinstance(out, dict):
         return any(_nonfinite_result(v, depth + 1) for v in list(out.values())[:256])
-    if depth < 1 and dataclasses.is_dataclass(out) and not isinstance(out, type):
+    if depth < 2 and dataclasses.is_dataclass(out) and not isinstance(out, type):
         return any(_nonfinite_result(getattr(out, f.name, None), depth + 1) for f in dataclasses.fields(out))
     return False
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
-from ..errors import ShapeError
+import numpy as np
+
+from ..errors import ArgumentTypeError, ShapeError, SizeLimitError
 from ..backend import public
 
 __all__ = ["ChainOrder", "matmul_flops", "orders", "best_order", "num_orders"]
@@ -60,16 +62,25 @@ class ChainOrder:
         return f"ChainOrder({self.expr}, flops={self.flops})"
 
 
+MAX_FACTORS = 12  # orders() enumerates every tree: Catalan(11) = 58,786 orders at most
+
+
 def _check_dims(dims: Sequence) -> tuple:
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__"):
+        raise ArgumentTypeError(f"dims must be a sequence of sizes, got {dims!r}")
+    if getattr(dims, "ndim", 1) != 1:
+        raise ShapeError(f"dims must be one-dimensional, got shape {getattr(dims, 'shape', None)}")
     dims = tuple(dims)
     if len(dims) < 2:
         raise ShapeError(f"a chain needs at least 2 dims (one matrix), got dims={dims!r}")
+    if len(dims) - 1 > MAX_FACTORS:
+        raise SizeLimitError(f"a chain of {len(dims) - 1} matrices has too many association orders to list (limit {MAX_FACTORS} matrices)")
     for d in dims:
-        if isinstance(d, bool):
-            raise ShapeError(f"chain dims must be positive sizes, got {d!r} in {dims!r}")
-        if isinstance(d, int) and d < 1:
+        if isinstance(d, (bool, np.bool_)) or not (isinstance(d, (int, np.integer)) or hasattr(d, "terms")):
+            raise ShapeError(f"chain dims must be positive integer sizes (or symbolic Poly sizes), got {d!r} in {dims!r}")
+        if isinstance(d, (int, np.integer)) and d < 1:
             raise ShapeError(f"chain dims must be positive, got {d} in {dims!r}")
-    return dims
+    return tuple(int(d) if isinstance(d, np.integer) else d for d in dims)
 
 
 @lru_cache(maxsize=None)

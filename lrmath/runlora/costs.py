@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 from typing import Mapping
+
+import numpy as np
 from ..errors import OptionError, ArgumentTypeError
 from ..backend import public
 
@@ -98,7 +100,12 @@ class Poly:
 
     def __call__(self, t=0, m=0, n=0, r=0):
         """Evaluate at integer (or Fraction) sizes; exact."""
+        from fractions import Fraction
+
         vals = (t, m, n, r)
+        for name, v in zip(SYMBOLS, vals):
+            if isinstance(v, bool) or not isinstance(v, (int, Fraction, np.integer)):
+                raise ArgumentTypeError(f"Poly size {name} must be an integer or a Fraction, got {v!r}")
         total = 0
         for k, c in self.terms.items():
             term = c
