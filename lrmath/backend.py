@@ -68,6 +68,7 @@ __all__ = [
     "check_path",
     "require_module",
     "finite_or_raise",
+    "check_squarable",
     "public",
     "as_lrmath_error",
     "available_backends",
@@ -558,6 +559,25 @@ def require_module(module: str, feature: str = "", extra: str | None = None):
 
 
 @_validator
+def check_squarable(x: Any, name: str = "x", *, terms: int | None = None) -> None:
+    """Refuse values whose squares (summed over ``terms`` entries) overflow float64.
+
+    Gram matrices, variances and energies square their inputs: entries near 1e300 are
+    finite but their squares are not. Raises :class:`NonFiniteError` naming the limit,
+    before any state is changed.
+    """
+    a = to_numpy(x)
+    if a.size == 0 or a.dtype.kind not in "fiu":
+        return
+    big = float(np.max(np.abs(a.astype(np.float64, copy=False))))
+    n = int(a.size if terms is None else terms)
+    limit = float(np.sqrt(np.finfo(np.float64).max / max(n, 1)))
+    if big > limit:
+        raise NonFiniteError(f"{name} has an entry of magnitude {big:.3g}; sums of {n} squares overflow float64 "
+                             f"above {limit:.3g} (rescale it first)")
+
+
+@_validator
 def finite_or_raise(x: Any, name: str = "result", hint: str = "") -> Any:
     """Return ``x`` (array or scalar) if it is finite; otherwise raise :class:`NonFiniteError`.
 
@@ -703,6 +723,9 @@ def _nonfinite_result(out: Any, depth: int = 0) -> bool:
         return any(_nonfinite_result(v, depth + 1) for v in out[:256])
     if depth < 4 and isinstance(out, dict):
         return any(_nonfinite_result(v, depth + 1) for v in list(out.values())[:256])
+    if depth == 0 and type(out).__module__.startswith("lrmath.") and hasattr(out, "__dict__") \
+            and not dataclasses.is_dataclass(out) and not any(c.__module__.startswith("torch") for c in type(out).__mro__):
+        return any(_nonfinite_result(v, 2) for k, v in list(vars(out).items())[:64] if not k.startswith("__"))
     if depth < 2 and dataclasses.is_dataclass(out) and not isinstance(out, type):
         return any(_nonfinite_result(getattr(out, f.name, None), depth + 1) for f in dataclasses.fields(out))
     return False

@@ -42,6 +42,7 @@ SKIP = {
     "lrmath.runlora.autotune.measure_pair": "measures wall-clock time (slow, nondeterministic)",
     "lrmath.torch.MiniLM": "builds the full default architecture (seconds)",
     "lrmath.torch.RunLoRAPeftLinear": "a mixin installed by convert_peft, not constructed by users",
+    "lrmath.torch.runlora.RunLoRAPeftLinear": "a mixin installed by convert_peft, not constructed by users",
     "lrmath.backend.available_backends": "probes every installed library (slow; takes no input)",
     "lrmath.backend.public": "the boundary decorator itself (it wraps any callable it is given)",
     "lrmath.backend.as_lrmath_error": "the boundary's exception translator (maps any exception object)",
@@ -445,3 +446,55 @@ def replace_arg(obj, args, kwargs, param: inspect.Parameter, value):
             return tuple(args), kwargs
     kwargs[param.name] = value
     return tuple(args), kwargs
+
+
+# --------------------------------------------------------------------------- methods
+def _op():
+    return lrmath.ops.orthogonal("rdct", 12, seed=1)
+
+
+def _torch_layers():
+    import torch
+
+    from lrmath.torch import KashinLinear, LoRALinear, RandomizedLinear
+
+    torch.manual_seed(0)
+    return {"LoRALinear": LoRALinear(16, 8, 2), "RandomizedLinear": RandomizedLinear(16, 8),
+            "KashinLinear": KashinLinear(_quantized())}
+
+
+# qualified name -> () -> (bound method, args, kwargs): entry points reached through objects
+METHOD_CASES = {
+    "lrmath.ops.OrthogonalOperator.apply": lambda: (_op().apply, (mat(3, 12),), {"axis": -1}),
+    "lrmath.ops.OrthogonalOperator.apply_t": lambda: (_op().apply_t, (mat(12, 3),), {"axis": 0}),
+    "lrmath.kashin.KashinQuantized.linear": lambda: (_quantized().linear, (mat(3, 32),), {}),
+    "lrmath.kashin.KashinQuantized.matmul": lambda: (_quantized().matmul, (mat(32, 3),), {}),
+    "lrmath.kashin.KashinQuantized.rmatmul": lambda: (_quantized().rmatmul, (mat(3, 8),), {}),
+    "lrmath.kashin.KashinQuantized.dequantize": lambda: (_quantized().dequantize, (), {"dtype": np.float32}),
+    "lrmath.kashin.KashinQuantized.relative_error": lambda: (_quantized().relative_error, (mat(8, 32),), {}),
+    "lrmath.kashin.KashinQuantized.save": lambda: (_quantized().save, (os.path.join(_TMP, "s.safetensors"),), {"name": "w"}),
+    "lrmath.sparsegrad.GramAccumulator.update": lambda: (lrmath.sparsegrad.GramAccumulator(8, 6).update, (mat(8, 6),), {}),
+    "lrmath.sparsegrad.GramAccumulator.update_factors": lambda: (lrmath.sparsegrad.GramAccumulator(8, 6).update_factors, (mat(5, 8), mat(5, 6, seed=1)), {}),
+    "lrmath.sparsegrad.IndexSelector.update": lambda: (lrmath.sparsegrad.IndexSelector((8, 6), 0.1).update, (mat(8, 6),), {}),
+    "lrmath.runlora.Plan.select": lambda: (lrmath.runlora.plan(64, 32, 4).select, (100,), {}),
+    "lrmath.runlora.Choice.at": lambda: (lrmath.runlora.plan(64, 32, 4).choice.at, (100, 64, 32, 4), {}),
+}
+
+
+def _torch_method_cases():
+    import torch
+
+    def fwd(name):
+        return lambda: (_torch_layers()[name], (torch.randn(3, 16),), {})
+
+    return {f"lrmath.torch.{n}.forward": fwd(n) for n in ("LoRALinear", "RandomizedLinear", "KashinLinear")}
+
+
+def method_targets():
+    """``[(qualified name, factory)]`` of the method entry points fuzzed besides the functions."""
+    out = sorted(METHOD_CASES.items())
+    try:
+        out += sorted(_torch_method_cases().items())
+    except ImportError:  # pragma: no cover - torch is part of the test extra
+        pass
+    return out

@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import ops
-from ..backend import array_namespace, as_compute, check_array, check_axis, like, public, restore, to_numpy
+from ..backend import array_namespace, as_compute, check_array, check_axis, check_squarable, like, public, restore, to_numpy
 from ..errors import (
     EmptyInputError,
     IndexRangeError,
@@ -239,6 +239,7 @@ class GramAccumulator:
     def update(self, G) -> "GramAccumulator":
         """Add one gradient ``G (n, m)`` (any array kind; accumulated in float64 on the host)."""
         check_array(G, "G", shape=(self.n, self.m))
+        check_squarable(G, "G", terms=(self.n + self.m) * max(self.n, self.m))
         g = np.asarray(to_numpy(G), dtype=np.float64)
         return self._add(g @ g.T, g.T @ g)
 
@@ -247,6 +248,9 @@ class GramAccumulator:
         when the factor route is cheaper)."""
         check_array(dY, "dY", ndim=2, shape=(None, self.n))
         check_array(X, "X", ndim=2, shape=(dY.shape[0], self.m))
+        big = (int(dY.shape[0]) + self.n + self.m) ** 2
+        check_squarable(dY, "dY", terms=big)
+        check_squarable(X, "X", terms=big)
         d = np.asarray(to_numpy(dY), dtype=np.float64)
         x = np.asarray(to_numpy(X), dtype=np.float64)
         t, n, m = d.shape[0], self.n, self.m

@@ -28,6 +28,7 @@ from ..backend import (
     array_namespace,
     check_array,
     check_positive_int,
+    check_squarable,
     is_numpy,
     like,
     public,
@@ -224,6 +225,7 @@ class IndexSelector:
         (e.g. from :func:`lrmath.sparsegrad.topk_product`)."""
         if Gt is not None:
             check_array(Gt, "Gt", shape=self.shape)
+            check_squarable(Gt, "Gt")
             a = np.asarray(to_numpy(Gt), dtype=np.float64).ravel()
             if self.pool is None:
                 idx = val = None
@@ -241,6 +243,7 @@ class IndexSelector:
                 from ..errors import NonFiniteError
 
                 raise NonFiniteError("values hold NaN/Inf")
+            check_squarable(val, "values")
         if self.pool is None:  # exact dense statistics: one score per entry
             if self._dense is None:
                 self._dense = np.zeros(self.shape[0] * self.shape[1])

@@ -5,7 +5,9 @@
 of real weights has no meaning for them); a floating input of another dtype than the layer's
 parameters is computed in the parameters' dtype and the result cast back to the input's dtype
 (bfloat16/float16 inputs of a float32 layer are storage types: computed in float32, as the
-README says; a float64 input of a float32 layer is computed in float32). Under autocast the
+README says; a float64 input of a float32 layer is computed in float32). NaN/Inf inputs are not
+scanned (that would force a device sync every step): like ``nn.Linear`` the layers propagate
+them. Under autocast the
 input passes unchanged (autocast chooses the dtypes). The wrapper is a plain function with
 static dtype tests, so ``torch.compile`` traces through it.
 """
@@ -16,7 +18,7 @@ import functools
 
 import torch
 
-from ..errors import ArgumentTypeError, DTypeError
+from ..errors import ArgumentTypeError, DTypeError, ShapeError
 
 
 def _param_dtype(module) -> torch.dtype | None:
@@ -31,6 +33,8 @@ def check_layer_input(x, name: str = "input") -> None:
         raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise DTypeError(f"{name} must be a floating tensor (float32/float64/float16/bfloat16), got {x.dtype}")
+    if x.dim() == 0:
+        raise ShapeError(f"{name} must have a feature axis (shape (..., in_features)), got a 0-d tensor")
 
 
 def layer_forward(fn):
