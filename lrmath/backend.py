@@ -377,6 +377,8 @@ def check_finite(x: Any, name: str = "x") -> None:
     if is_numpy(x):
         a = x.astype(np.float32) if x.dtype.name == "bfloat16" else x
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    elif is_torch(x):  # detached: a check must not record autograd history (nor save activations)
+        bad = int((~x.detach().isfinite()).sum())
     else:
         xp = array_namespace(x)
         bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
