@@ -97,6 +97,8 @@ class Plan:
     front : list of Choice
         Pareto front of FLOPs vs saved bytes at ``reference_tokens``.
     reference_tokens : int
+        ``tokens``, or 4096 when the plan covers every t (where ``choice``, the front and
+        ``objective="time"`` are evaluated).
     measured : dict
         For ``objective="time"``: seconds per candidate name.
     """
