@@ -214,3 +214,37 @@ def test_odd_sizes_tucker2_on_torch():
     a = lotr.hosvd2(T, (3, 2))
     b = lotr.hosvd2(torch.from_numpy(T), (3, 2))
     np.testing.assert_allclose(np.asarray(b.reconstruct()), np.asarray(a.reconstruct()), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- Kashin accounting and layout
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_split_bits_gives_u_the_extra_bit(bits):
+    assert kashin.split_bits(bits) == ((bits + 1) // 2, bits // 2)
+
+
+@pytest.mark.parametrize("bad", [1, 9, 0, -2])
+def test_split_bits_range(bad):
+    with pytest.raises(ValueError):
+        kashin.split_bits(bad)
+
+
+def test_bits_per_weight_counts_every_stored_byte():
+    """FORMAT.md: 8 * (codes + fp16 scales + fp32 tables) / (out * in); N = 256, 1 + 1 bits."""
+    W = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    q = kashin.quantize(W, 2, block=256, iters=1)
+    codes = 64 * 256 * 1 // 8 * 2
+    scales = 2 * 64 * 2
+    tables = 2 * (2 * 4)
+    assert q.nbytes == codes + scales + tables
+    assert q.bits_per_weight == 8 * (codes + scales + tables) / (64 * 256)
+
+
+def test_pack_codes_bit_order():
+    """Little-endian bit stream, least significant bit of each code first (FORMAT.md)."""
+    from lrmath.kashin.format import pack_codes, unpack_codes
+
+    assert pack_codes(np.array([1, 2, 3, 0], np.uint8), 2).tolist() == [1 | 2 << 2 | 3 << 4]
+    # 3 bits: 5 = 101 and 3 = 011 -> stream 1,0,1, 1,1,0 -> byte 0b011101
+    assert pack_codes(np.array([5, 3], np.uint8), 3).tolist() == [0b011101]
+    c = np.random.default_rng(1).integers(0, 8, 37).astype(np.uint8)
+    np.testing.assert_array_equal(unpack_codes(pack_codes(c, 3), 3, 37), c)

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from lrmath.errors import LrmathError
 
 from . import _fuzz_cases as fc
-from .strategies import BAD_SCALARS, bad_arrays_list, bad_values
+from .strategies import BAD_SCALARS, bad_arrays_list, bad_file_bytes, bad_values
 
 TARGETS = fc.public_callables()
 IDS = [q for q, _ in TARGETS]
@@ -258,6 +258,39 @@ def test_fuzz_methods(qual, factory):
             if msg:
                 failures.append(msg)
     assert not failures, f"{len(failures)} failure(s):\n" + "\n".join(failures[:40])
+
+
+_GOOD_FILE = None
+
+
+def _good_file_bytes():
+    global _GOOD_FILE
+    if _GOOD_FILE is None:
+        import pathlib
+
+        _GOOD_FILE = pathlib.Path(fc._kashin_file()).read_bytes()
+    return _GOOD_FILE
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_fuzz_quantized_file_bytes(data, tmp_path_factory):
+    """Corrupted files (truncation, bit flips, garbage): refused with an LrmathError, or (only when
+    the damage missed everything that is decoded) loaded to exactly the original matrix."""
+    from lrmath.kashin import KashinQuantized, load_entries
+
+    good = _good_file_bytes()
+    blob = data.draw(bad_file_bytes(good))
+    p = tmp_path_factory.mktemp("bytes") / "f.safetensors"
+    p.write_bytes(blob)
+    ref = KashinQuantized.load(fc._kashin_file(), "w").dequantize()
+    for fn in (lambda: KashinQuantized.load(p, "w").dequantize(), lambda: load_entries(p)["w"].dequantize()):
+        try:
+            out = fn()
+        except LrmathError:
+            continue
+        np.testing.assert_array_equal(out, ref)
+    assert p.read_bytes() == blob  # reading never writes
 
 
 def test_every_public_callable_is_behind_the_boundary():

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..backend import array_namespace, check_array, check_positive_int, public
-from ..errors import OptionError, RankError, ShapeError
+from ..errors import BackendUnavailableError, OptionError, RankError, ShapeError
 
 __all__ = ["CHAINS", "AUTOGRAD_ORDERS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
 
@@ -76,7 +76,7 @@ def _chain_module():
     try:
         from ..runlora import chain
     except ImportError as exc:  # pragma: no cover - RunLoRA ships with lrmath
-        raise ImportError(f"lrmath.lotr needs the RunLoRA chain cost model (lrmath.runlora.chain): {exc}") from exc
+        raise BackendUnavailableError(f"lrmath.lotr needs the RunLoRA chain cost model (lrmath.runlora.chain): {exc}") from exc
     return chain
 
 
