@@ -358,7 +358,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     X = X.reshape(B, N)
     cu, cv, alpha, beta, Tu, Tv, info = _encode_blocks(X, op, bu, bv, method, int(iters))
     for nm, s in (("alpha", alpha), ("beta", beta)):
-        if np.max(np.abs(s), initial=0.0) > _F16_MAX:
+        if not np.all(np.isfinite(s)) or np.max(np.abs(s), initial=0.0) > _F16_MAX:
             raise NonFiniteError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range of the stored scales (max {_F16_MAX:g}); rescale W first")
     q = KashinQuantized(
         shape=(out, inn), dtype=dtype_name, block=N, bits_u=bu, bits_v=bv, basis=op.spec, method=method,
