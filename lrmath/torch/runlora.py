@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.plan import plan as _plan
-from ..backend import public
+from ..backend import check_bool, check_choice, check_float, check_int, public
 from ._inputs import layer_forward
 
 __all__ = ["LoRALinear", "convert_peft", "lora_function", "RunLoRAPeftLinear"]
@@ -196,6 +196,13 @@ class LoRALinear(nn.Module):
     def __init__(self, in_features, out_features, r, lora_alpha=1.0, lora_dropout=0.0, bias=True, *,
                  objective="flops", train_weight=False, device=None, dtype=None):
         super().__init__()
+        in_features = check_int(in_features, "in_features", minimum=1)
+        out_features = check_int(out_features, "out_features", minimum=1)
+        r = check_int(r, "rank r", error=RankError)
+        lora_alpha = check_float(lora_alpha, "lora_alpha")
+        lora_dropout = check_float(lora_dropout, "lora_dropout")
+        bias, train_weight = check_bool(bias, "bias"), check_bool(train_weight, "train_weight")
+        check_choice(objective, "objective", ("flops", "memory", "time"))
         if r < 1 or r > min(in_features, out_features):
             raise RankError(f"rank r={r} must satisfy 1 <= r <= min(in, out) = {min(in_features, out_features)}")
         if not 0.0 <= lora_dropout < 1.0:
