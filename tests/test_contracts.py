@@ -248,3 +248,12 @@ def test_pack_codes_bit_order():
     assert pack_codes(np.array([5, 3], np.uint8), 3).tolist() == [0b011101]
     c = np.random.default_rng(1).integers(0, 8, 37).astype(np.uint8)
     np.testing.assert_array_equal(unpack_codes(pack_codes(c, 3), 3, 37), c)
+
+
+def test_num_orders_is_the_catalan_number_of_the_enumeration():
+    from lrmath.runlora import num_orders, orders
+
+    for k in range(1, 8):
+        assert num_orders(k) == len(orders(list(range(2, k + 3))))
+    assert num_orders(0) == 0
+    assert num_orders(30) == 1002242216651368  # C(29), without enumerating
