@@ -4,6 +4,13 @@ Subcommands come from the registry (:mod:`lrmath.registry`): ``info`` and ``tour
 are built in; each method package adds its own (``plan``, ``quantize``, ...).
 Global options: ``-q/--quiet``, ``-v/--verbose``, ``--json`` (machine-readable output
 on stdout; tables and logs go to stderr then).
+
+Errors (decisions.md, "Errors and the CLI"): every failure prints one line
+``lrmath: error: <message>`` on stderr and no traceback (``-v`` adds it). Exit status 2 is a
+usage error (argparse errors, and :class:`OptionError` / :class:`ArgumentTypeError` /
+:class:`RankError`: a bad value given on the command line); 1 is any other failure (a
+missing or corrupt file, NaN in the data, a missing backend). No command writes over one of
+its inputs unless ``--overwrite`` says so (:func:`check_output`).
 """
 
 from __future__ import annotations
@@ -15,9 +22,62 @@ import sys
 from typing import Any, Sequence
 
 from . import registry
+from .backend import public
 from ._progress import progress, set_verbosity
 
-__all__ = ["main", "Context"]
+__all__ = ["main", "Context", "check_output", "USAGE_ERRORS"]
+
+
+class _UsageError(Exception):
+    """argparse found a bad command line (raised instead of argparse's exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # noqa: D401 - argparse's hook
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _usage_errors():
+    from .errors import ArgumentTypeError, OptionError, RankError
+
+    return (OptionError, ArgumentTypeError, RankError)
+
+
+USAGE_ERRORS = ("OptionError", "ArgumentTypeError", "RankError")
+
+
+@public(finite=False, result=False)
+def check_output(output, inputs=(), *, overwrite: bool = False, name: str = "output"):
+    """Validate an output file path before any work: refuse to write over an input.
+
+    ``output`` must not be a directory and its folder must exist; it must not be the same
+    file as any of ``inputs`` (after resolving links: ``os.path.samefile``) unless
+    ``overwrite``. Raises :class:`OptionError` (usage) or ``IsADirectoryError`` /
+    ``FileNotFoundError`` (failures).
+    """
+    import os
+
+    from .errors import ArgumentTypeError, OptionError
+
+    if not isinstance(output, (str, os.PathLike)) or isinstance(inputs, (str, bytes, os.PathLike)):
+        raise ArgumentTypeError(f"{name} must be a path and inputs a list of paths, got {output!r}, {inputs!r}")
+    out = os.fspath(output)
+    if not out:
+        raise OptionError(f"{name} path is empty")
+    if os.path.isdir(out):
+        raise IsADirectoryError(f"{name} {out!r} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder of {name} {out!r} does not exist ({folder})")
+    if os.path.exists(out):
+        for src in inputs:
+            try:
+                same = os.path.samefile(out, os.fspath(src))
+            except OSError:
+                same = False
+            if same and not overwrite:
+                raise OptionError(f"{name} {out!r} is the input file {os.fspath(src)!r}; refusing to overwrite it (pass --overwrite to replace it)")
+    return out
 
 
 class Context:
@@ -38,7 +98,9 @@ class Context:
         self.json = json_mode
         self.scale = scale or os.environ.get("LRMATH_SCALE", "ci")
         if self.scale not in ("ci", "full"):
-            raise SystemExit(f"LRMATH_SCALE must be 'ci' or 'full', got {self.scale!r}")
+            from .errors import OptionError
+
+            raise OptionError(f"LRMATH_SCALE must be 'ci' or 'full', got {self.scale!r}")
         self.log = logging.getLogger("lrmath")
         self.progress = progress
 
@@ -98,7 +160,7 @@ def _default(o: Any):
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="lrmath", description="Low-rank and compression math for large neural networks.")
+    parser = _Parser(prog="lrmath", description="Low-rank and compression math for large neural networks.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
@@ -111,11 +173,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, runners
 
 
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
+        msg = f"{msg}: {exc.filename}"
+    return msg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lrmath`` console script; returns the exit status."""
+    """Entry point of the ``lrmath`` console script; returns the exit status.
+
+    0 success, 1 failure, 2 usage error, 130 interrupted; errors print one line on stderr.
+    """
+    import traceback
+
+    from .errors import LrmathError
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    parser, runners = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        parser, runners = build_parser()
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"lrmath: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
     set_verbosity(0 if args.quiet else 2 if args.verbose else 1)
     if args.version:
         from ._version import __version__
@@ -123,16 +207,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     if not args.command:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
-    ctx = Context(json_mode=args.json, scale=getattr(args, "scale", None))
-    from .errors import LrmathError
-
     try:
+        ctx = Context(json_mode=args.json, scale=getattr(args, "scale", None))
         result = runners[args.command](args, ctx)
-    except LrmathError as exc:
-        print(f"lrmath {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("lrmath: error: interrupted", file=sys.stderr)
+        return 130
+    except (LrmathError, OSError, MemoryError, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
+        if verbose:
+            traceback.print_exc()
+        if isinstance(exc, _usage_errors()):
+            code = 2
+        else:
+            code = 1
+        internal = "" if isinstance(exc, (LrmathError, OSError)) else f"internal error ({type(exc).__name__}; -v shows the traceback): "
+        print(f"lrmath: error: {args.command}: {internal}{_one_line(exc)}", file=sys.stderr)
+        return code
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     if args.json:

@@ -18,6 +18,13 @@ __all__ = [
     "FormatError",
     "BackendUnavailableError",
     "FetchError",
+    "OptionError",
+    "ArgumentTypeError",
+    "SizeLimitError",
+    "IndexRangeError",
+    "PathError",
+    "PathNotFoundError",
+    "PathIsDirectoryError",
 ]
 
 
@@ -63,3 +70,32 @@ class FetchError(LrmathError, OSError):
     Offline, a hash mismatch, a member missing from the archive, or an unknown item; the
     message names the package and what to do.
     """
+class OptionError(LrmathError, ValueError):
+    """A scalar parameter or option has a bad value: an unknown choice (the message lists the
+    allowed ones), a number out of its stated range, or options that contradict each other."""
+
+
+class ArgumentTypeError(LrmathError, TypeError):
+    """A parameter has the wrong Python type (a float or bool where an integer is required,
+    a string where a number is, ...). Arrays with a wrong dtype raise :class:`DTypeError`."""
+
+
+class SizeLimitError(OptionError):
+    """A requested size exceeds a stated limit (the message states it); raised up front
+    instead of a ``MemoryError`` deep inside an allocation."""
+
+
+class IndexRangeError(OptionError, IndexError):
+    """An index (a column, a flat position, an order number) lies outside its valid range."""
+
+
+class PathError(LrmathError, OSError):
+    """A file or folder argument is unusable (missing, the wrong kind, unreadable)."""
+
+
+class PathNotFoundError(PathError, FileNotFoundError):
+    """A file or folder argument does not exist."""
+
+
+class PathIsDirectoryError(PathError, IsADirectoryError):
+    """A folder was given where a file is needed."""

@@ -48,8 +48,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import rng
-from .backend import as_compute, backend_name, check_array, device_of, like, restore
-from .errors import ShapeError
+from .backend import as_compute, backend_name, check_array, check_axis, check_int, device_of, like, public, restore
+from .errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
     "KINDS",
@@ -96,6 +96,7 @@ def _angles_np(n: int, seed: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- kernels on (b, n) rows
+@public
 def fwht(x, xp=None):
     """Unnormalised fast Walsh-Hadamard transform along the last axis (length a power of two).
 
@@ -129,6 +130,7 @@ def _dev(x):
     return {} if backend_name(x) == "numpy" else {"device": device_of(x)}
 
 
+@public
 def dct2(x, xp=None):
     """Orthonormal DCT-II along the last axis (SciPy on NumPy, the namespace's FFT otherwise)."""
     if xp is None:
@@ -151,6 +153,7 @@ def dct2(x, xp=None):
     return re * scale
 
 
+@public
 def idct2(x, xp=None):
     """Inverse (= transpose) of :func:`dct2`: the orthonormal DCT-III along the last axis."""
     if xp is None:
@@ -186,6 +189,7 @@ def idct2(x, xp=None):
 
 
 # ----------------------------------------------------------------------------- the operator
+@public
 class OrthogonalOperator:
     """A seeded orthogonal ``n x n`` operator; see the module docstring for the kinds.
 
@@ -201,17 +205,17 @@ class OrthogonalOperator:
 
     def __init__(self, kind: str, n: int, seed: int = 0, *, factors: Sequence["OrthogonalOperator"] | None = None):
         if kind not in KINDS:
-            raise ValueError(f"unknown operator kind {kind!r}; choose one of {KINDS}")
+            raise OptionError(f"unknown operator kind {kind!r}; choose one of {KINDS}")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"operator size must be a positive integer, got {n!r}")
+            raise OptionError(f"operator size must be a positive integer, got {n!r}")
         if kind == "kron":
             if not factors:
-                raise ValueError("a 'kron' operator needs factors")
+                raise OptionError("a 'kron' operator needs factors")
             if int(np.prod([f.n for f in factors])) != n:
                 raise ShapeError(f"kron factor sizes {[f.n for f in factors]} do not multiply to {n}")
         self.kind = kind
         self.n = int(n)
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self.factors = tuple(factors) if factors else ()
         self._cache: dict[Any, Any] = {}
 
@@ -342,7 +346,7 @@ class OrthogonalOperator:
         nd = len(x.shape)
         if nd == 0:
             raise ShapeError("x must have at least one dimension")
-        ax = axis % nd
+        ax = check_axis(axis, nd)  # no modulo wrap: axis 2 of a 2-D array is an error
         if x.shape[ax] != self.n:
             raise ShapeError(f"operator of size {self.n} applied along axis {axis} of length {x.shape[ax]} (shape {tuple(x.shape)})")
         xp, xc, dt = as_compute(x, xp)
@@ -372,6 +376,7 @@ class OrthogonalOperator:
         return Q if dtype is None else xp.astype(Q, dtype)
 
 
+@public
 def orthogonal(kind: str | dict | OrthogonalOperator, n: int | None = None, seed: int = 0) -> OrthogonalOperator:
     """Build an operator from ``(kind, n, seed)``, a ``spec`` dict or an existing operator.
 
@@ -388,13 +393,14 @@ def orthogonal(kind: str | dict | OrthogonalOperator, n: int | None = None, seed
     if isinstance(kind, dict):
         return OrthogonalOperator.from_spec(kind)
     if n is None:
-        raise TypeError("orthogonal() needs the size n")
+        raise ArgumentTypeError("orthogonal() needs the size n")
     return OrthogonalOperator(kind, n, seed)
 
 
+@public
 def kron(*factors: OrthogonalOperator) -> OrthogonalOperator:
     """Kronecker product ``Q_1 kron Q_2 kron ...`` (acts on a vector reshaped to ``(n_1, n_2, ...)``)."""
     if not factors:
-        raise ValueError("kron needs at least one factor")
+        raise OptionError("kron needs at least one factor")
     n = int(np.prod([f.n for f in factors]))
     return OrthogonalOperator("kron", n, 0, factors=factors)

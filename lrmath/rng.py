@@ -36,6 +36,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from .errors import OptionError, ArgumentTypeError
+from .backend import public
 
 __all__ = [
     "MIX_M1",
@@ -69,13 +71,14 @@ def _mix_int(z: int) -> int:
     return z
 
 
+@public
 def stream_key(seed: int, stream: int = 0) -> int:
     """64-bit key of ``(seed, stream)``; both must be non-negative integers below 2**64."""
     for name, v in (("seed", seed), ("stream", stream)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {v!r}")
+            raise ArgumentTypeError(f"{name} must be an integer, got {v!r}")
         if not 0 <= int(v) <= _MASK:
-            raise ValueError(f"{name} must be in [0, 2**64), got {v}")
+            raise OptionError(f"{name} must be in [0, 2**64), got {v}")
     return _mix_int((int(seed) * GOLDEN + _mix_int(int(stream) + STREAM_C)) & _MASK)
 
 
@@ -102,6 +105,7 @@ def _via_host(fn, xp, device, *args, **kw):
     return convert(np.ascontiguousarray(fn(*args, xp=np, **kw)), "torch", device)
 
 
+@public
 def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: int = 0, xp=np, device=None):
     """uint64 bits for counters ``offset, offset+1, ...`` laid out in C order over ``shape``.
 
@@ -129,6 +133,7 @@ def random_bits(seed: int, stream: int, shape: int | Sequence[int], *, offset: i
     return xp.reshape(z, shp)
 
 
+@public
 def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Uniforms in [0, 1): ``(bits >> 11) * 2**-53`` (float64, exact on every backend)."""
     if _is_torch_ns(xp):
@@ -139,6 +144,7 @@ def uniform(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None
     return u if dtype is None else xp.astype(u, dtype)
 
 
+@public
 def signs(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Random ``+1/-1`` from the top bit (``+1`` when it is 0)."""
     if _is_torch_ns(xp):
@@ -149,6 +155,7 @@ def signs(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, 
     return xp.astype(s, dtype if dtype is not None else xp.float64)
 
 
+@public
 def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np, device=None):
     """Integers in ``[0, high)`` by multiply-shift, ``((bits >> 32) * high) >> 32`` (int64).
 
@@ -157,12 +164,13 @@ def integers(seed: int, stream: int, shape, high: int, *, offset: int = 0, xp=np
     if _is_torch_ns(xp):
         return _via_host(integers, xp, device, seed, stream, shape, high, offset=offset)
     if isinstance(high, bool) or not isinstance(high, (int, np.integer)) or not 1 <= int(high) <= 2**32:
-        raise ValueError(f"high must be an integer in [1, 2**32], got {high!r}")
+        raise OptionError(f"high must be an integer in [1, 2**32], got {high!r}")
     b = random_bits(seed, stream, shape, offset=offset, xp=xp, device=device)
     v = ((b >> 32) * xp.asarray(int(high), dtype=xp.uint64)) >> 32
     return xp.astype(v, xp.int64)
 
 
+@public
 def normal(seed: int, stream: int, shape, *, offset: int = 0, xp=np, dtype=None, device=None):
     """Standard normals by Box-Muller: element ``i`` uses counters ``2(offset+i)`` and ``2(offset+i)+1``.
 

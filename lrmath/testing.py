@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import backend_name, to_numpy
+from .backend import backend_name, public, to_numpy
+from .errors import ArgumentTypeError
 
 __all__ = ["eps", "tolerance", "assert_close", "z_limit", "z_score", "assert_z"]
 
@@ -27,14 +28,16 @@ def _name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
+@public(finite=False, result=False)
 def eps(dtype: Any) -> float:
     """Machine epsilon of a floating dtype (numpy, torch, cupy, array-API or ml_dtypes)."""
     name = _name(dtype)
     if name not in _EPS:
-        raise TypeError(f"no epsilon for dtype {name}")
+        raise ArgumentTypeError(f"no epsilon for dtype {name}")
     return _EPS[name]
 
 
+@public(finite=False, result=False)
 def tolerance(dtype: Any, n: int = 1, *, depth: int = 1, safety: float = 4.0) -> float:
     """Relative tolerance for results of ``depth`` chained reductions of length ``n``.
 
@@ -47,6 +50,7 @@ def tolerance(dtype: Any, n: int = 1, *, depth: int = 1, safety: float = 4.0) ->
     return safety * depth * (math.sqrt(max(int(n), 1)) + 1.0) * e + e
 
 
+@public(finite=False, result=False)
 def assert_close(
     actual: Any,
     desired: Any,
@@ -95,6 +99,7 @@ def assert_close(
         )
 
 
+@public(finite=False, result=False)
 def z_limit(family: int = 1, base: float = 4.0) -> float:
     """Two-sided |z| limit for one of ``family`` checks: the per-check false-alarm rate of
     ``|z| < base`` divided by ``family`` (Bonferroni)."""
@@ -104,6 +109,7 @@ def z_limit(family: int = 1, base: float = 4.0) -> float:
     return float(norm.isf(p / (2 * max(int(family), 1))))
 
 
+@public(finite=False, result=False)
 def z_score(estimate: float, expected: float, std_err: float) -> float:
     """``(estimate - expected) / std_err`` (``inf`` if ``std_err`` is 0 and they differ)."""
     diff = float(estimate) - float(expected)
@@ -112,6 +118,7 @@ def z_score(estimate: float, expected: float, std_err: float) -> float:
     return diff / float(std_err)
 
 
+@public(finite=False, result=False)
 def assert_z(z: float, *, family: int = 1, what: str = "") -> None:
     """Assert ``|z|`` is within :func:`z_limit` for a family of ``family`` checks."""
     lim = z_limit(family)

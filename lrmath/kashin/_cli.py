@@ -30,10 +30,10 @@ def checkpoint_files(path) -> dict[str, Path]:
         else:
             files = sorted(p.glob("*.safetensors"))
             if not files:
-                raise FileNotFoundError(f"{path}: no *.safetensors file in the folder")
+                raise FileNotFoundError(f"input folder {str(path)!r} holds no *.safetensors file")
             return {k: f for f in files for k in _keys(f)}
     if not p.exists():
-        raise FileNotFoundError(str(path))
+        raise FileNotFoundError(f"input {str(path)!r} does not exist")
     if p.suffix == ".json":
         try:
             weight_map = json.loads(p.read_text())["weight_map"]
@@ -98,16 +98,21 @@ def _quantize_args(parser):
     parser.add_argument("--exclude", action="append", default=[], help="fnmatch pattern of tensors to keep dense (repeatable)")
     parser.add_argument("--no-default-exclude", action="store_true", help=f"do not exclude {DEFAULT_EXCLUDE} by default")
     parser.add_argument("--no-compare", action="store_true", help="skip the RTN comparison column")
+    parser.add_argument("--overwrite", action="store_true", help="allow OUTPUT to be the input file (replaced atomically)")
     return _quantize_run
 
 
 def _quantize_run(args, ctx):
     from .baselines import rtn_quantize
     from .format import write_checkpoint
-    from .quantize import quantize, split_bits
+    from ..cli import check_output
+    from .quantize import check_options, quantize
 
-    split_bits(args.bits)  # bad bits fail before any reading
+    # bad options fail before any reading, a bad output before any work
+    check_options(args.bits, block=args.block, basis=args.basis, method=args.method, iters=args.iters, seed=args.seed)
     files = checkpoint_files(args.input)
+    inputs = set(files.values()) | ({Path(args.input)} if Path(args.input).is_file() else set())
+    check_output(args.output, sorted(inputs), overwrite=args.overwrite)
     exclude = list(args.exclude) + ([] if args.no_default_exclude else list(DEFAULT_EXCLUDE))
     entries, plain, rows = {}, {}, []
     t0 = time.perf_counter()
@@ -145,8 +150,13 @@ def _quantize_run(args, ctx):
 def _dequantize_args(parser):
     parser.add_argument("input", help="a file written by 'lrmath quantize'")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--dtype", default=None, help="output dtype of dequantized tensors (default: the original)")
+    parser.add_argument("--dtype", default=None, choices=_FLOAT_DTYPES,
+                        help="output dtype of dequantized tensors (default: the original)")
+    parser.add_argument("--overwrite", action="store_true", help="allow OUTPUT to be the input file (replaced atomically)")
     return _dequantize_run
+
+
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def _dequantize_run(args, ctx):
@@ -154,9 +164,13 @@ def _dequantize_run(args, ctx):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from ..backend import check_path
+    from ..cli import check_output
     from .format import atomic_write, read_header
     from .quantize import load_entries
 
+    check_path(args.input, "input")
+    check_output(args.output, [args.input], overwrite=args.overwrite)
     entries = load_entries(args.input)
     header, keys = read_header(args.input)
     out = {}
@@ -165,9 +179,10 @@ def _dequantize_run(args, ctx):
             if ".kashin." not in k:
                 out[k] = h.get_tensor(k)
     for name, q in ctx.progress(list(entries.items()), desc="dequantize"):
-        dt = getattr(torch, args.dtype or q.dtype, None)
-        if not isinstance(dt, torch.dtype):
-            raise ValueError(f"unknown dtype {args.dtype or q.dtype!r}")
+        name_dt = args.dtype or q.dtype
+        if name_dt not in _FLOAT_DTYPES:  # a quantized weight decodes to real numbers: no integer output
+            raise FormatError(f"{args.input}: entry {name!r} records dtype {name_dt!r}; expected one of {_FLOAT_DTYPES}")
+        dt = getattr(torch, name_dt)
         out[name] = torch.from_numpy(q.dequantize(np.float32)).to(dt).contiguous()
     atomic_write(args.output, lambda tmp: save_file(out, tmp))
     ctx.print(f"{len(entries)} tensors dequantized, {len(out) - len(entries)} copied -> {args.output}")

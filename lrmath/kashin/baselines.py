@@ -17,20 +17,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, OptionError
 from . import format as fmt
 from .quantize import _check_weight
+from ..backend import public
 
 __all__ = ["rtn_quantize", "RTNQuantized", "hqq_quantize", "hqq_available"]
 
 
 def _check_bits_group(bits, group):
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer 1..8, got {bits!r}")
+        raise OptionError(f"bits must be an integer 1..8, got {bits!r}")
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
-        raise ValueError(f"group must be a positive integer, got {group!r}")
+        raise OptionError(f"group must be a positive integer, got {group!r}")
 
 
+@public
 @dataclass
 class RTNQuantized:
     """Round-to-nearest result: packed codes, float16 scales and zeros (per group)."""
@@ -62,6 +64,7 @@ class RTNQuantized:
         return float(np.linalg.norm(A - self.dequantize(np.float64)) / np.linalg.norm(A))
 
 
+@public
 def rtn_quantize(W, bits: int = 2, group: int = 64) -> RTNQuantized:
     """Round-to-nearest, per-group asymmetric scale/zero (see the module docstring).
 
@@ -94,6 +97,7 @@ def rtn_quantize(W, bits: int = 2, group: int = 64) -> RTNQuantized:
     return RTNQuantized((out, inn), int(bits), int(group), fmt.pack_codes(q, bits), scale16, zero16)
 
 
+@public
 def hqq_available() -> tuple[bool, str]:
     """``(True, version)`` when the optional ``hqq`` package imports, else ``(False, reason)``."""
     try:
@@ -109,6 +113,7 @@ def hqq_available() -> tuple[bool, str]:
         return True, "unknown"
 
 
+@public
 def hqq_quantize(W, bits: int = 2, group: int = 64, *, optimize: bool = True) -> tuple[np.ndarray, float]:
     """HQQ (``hqq.core.quantize.Quantizer``, CPU) -> ``(W_hat float32, bits_per_weight)``.
 
@@ -125,7 +130,7 @@ def hqq_quantize(W, bits: int = 2, group: int = 64, *, optimize: bool = True) ->
 
     out, inn = A.shape
     if (out * inn) % group:  # hqq groups the row-major flattened matrix, like rtn_quantize
-        raise ValueError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
+        raise OptionError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
     t = torch.from_numpy(np.array(A, dtype=np.float32, copy=True))
     Wq, meta = Quantizer.quantize(t, nbits=bits, group_size=group, optimize=optimize, axis=1, bitpack=False,
                                   compute_dtype=torch.float32, device="cpu")

@@ -36,14 +36,15 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..backend import as_compute, check_array, restore
-from ..errors import ShapeError
+from ..backend import as_compute, check_array, public, restore
+from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = ["decompose", "Decomposition", "DecompositionReport", "as_operator"]
 
 METHODS = ("truncation", "greedy")
 
 
+@public
 def as_operator(Q, n: int, seed: int = 0) -> ops.OrthogonalOperator:
     """Accept an operator, a spec dict or a kind name (built with size ``n`` and ``seed``)."""
     if isinstance(Q, ops.OrthogonalOperator):
@@ -53,12 +54,13 @@ def as_operator(Q, n: int, seed: int = 0) -> ops.OrthogonalOperator:
     elif isinstance(Q, str):
         op = ops.orthogonal(Q, n, seed)
     else:
-        raise TypeError(f"Q must be an OrthogonalOperator, a spec dict or a kind name, got {type(Q).__name__}")
+        raise ArgumentTypeError(f"Q must be an OrthogonalOperator, a spec dict or a kind name, got {type(Q).__name__}")
     if op.n != n:
         raise ShapeError(f"operator size {op.n} does not match the block length {n}")
     return op
 
 
+@public
 @dataclass
 class DecompositionReport:
     """What :func:`decompose` did.
@@ -107,6 +109,7 @@ class DecompositionReport:
         return "DecompositionReport\n" + "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
 
 
+@public
 @dataclass
 class Decomposition:
     """``x = u + Q v``: the two factors (shape of ``x``), the operator and a report."""
@@ -183,17 +186,18 @@ def _check_args(x, method: str, iters, tol, clip) -> int:
     if len(x.shape) < 1:
         raise ShapeError("x must have at least one dimension (blocks along the last axis)")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise OptionError(f"unknown method {method!r}; choose one of {METHODS}")
     if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+        raise OptionError(f"tol must be a non-negative number, got {tol!r}")
     if not (isinstance(clip, (int, float)) and clip > 0):
-        raise ValueError(f"clip must be positive, got {clip!r}")
+        raise OptionError(f"clip must be positive, got {clip!r}")
     if iters is None:
         iters = 30 if method == "truncation" else 400
     if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+        raise OptionError(f"iters must be a non-negative integer, got {iters!r}")
     return int(iters)
 
+@public
 def decompose(x, Q="hadamard", *, method: str = "truncation", iters: int | None = None, tol: float = 1e-6,
               clip: float = 1.0, seed: int = 0) -> Decomposition:
     """Kashin representation ``x = u + Q v`` of every block ``x[..., :]`` (length ``N``).

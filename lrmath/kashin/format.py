@@ -1,8 +1,17 @@
-"""Bit packing and the safetensors file layout of ``FORMAT.md`` (version 1).
+"""Bit packing and the safetensors file layout of ``FORMAT.md`` (version 2; version 1 still loads).
 
 Everything here is plain NumPy so that the GPU kernels have a readable reference to match bit
 for bit: :func:`pack_codes` / :func:`unpack_codes` implement the little-endian bit stream of
-FORMAT.md, :func:`write_checkpoint` / :func:`read_entries` the header and validation rules.
+FORMAT.md, :func:`write_checkpoint` / :func:`read_header` / :func:`validate_entry` the header
+and validation rules.
+
+Version 2 (issue 18) makes the entry checksum cover *everything that changes the decoded
+values*: the entry's header fields (shape, dtype, block, bits, basis kind/seed/factors, the
+list of its tensors, and any field added later) as canonical JSON, then every tensor the entry
+lists, each with its name, dtype and shape. An entry is a header dict plus named tensors, so
+later additions (low-rank factors, ...) are new names in ``tensors`` and are covered by the same
+checksum without a format change. Version 1 files (checksum over the six tensors' bytes only)
+still load; their header fields cannot be verified, which FORMAT.md states.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, NonFiniteError, OptionError
+from ..backend import public
 
 __all__ = [
     "FORMAT",
@@ -31,13 +41,15 @@ __all__ = [
 ]
 
 FORMAT = "lrmath.kashin"
-VERSION = 1
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 META_KEY = "lrmath.kashin"
 TENSORS = ("codes_u", "codes_v", "scale_u", "scale_v", "table_u", "table_v")
 _DTYPES = {"codes_u": np.uint8, "codes_v": np.uint8, "scale_u": np.float16, "scale_v": np.float16,
            "table_u": np.float32, "table_v": np.float32}
 
 
+@public(finite=False)
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Pack integer codes ``0 <= c < 2**bits`` into the little-endian bit stream of FORMAT.md.
 
@@ -52,9 +64,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """
     c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+        raise OptionError(f"bits must be in 1..8, got {bits}")
     if c.size and int(c.max()) >= (1 << bits):
-        raise ValueError(f"a code {int(c.max())} does not fit in {bits} bits")
+        raise OptionError(f"a code {int(c.max())} does not fit in {bits} bits")
     if bits == 8:
         return c.copy()
     if 8 % bits == 0:
@@ -72,6 +84,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(bitarr.reshape(-1), bitorder="little")
 
 
+@public(finite=False)
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: the first ``count`` codes as uint8, shape (count,)."""
     p = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
@@ -90,15 +103,45 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (bitarr.astype(np.uint16) @ weights).astype(np.uint8)
 
 
-def entry_checksum(tensors: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 (hex) of the six tensors' little-endian bytes in the order of :data:`TENSORS`."""
+def _tensor_bytes(a) -> bytes:
+    a = np.asarray(a)
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
+
+
+@public(finite=False)
+def entry_checksum(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None, *, version: int = VERSION) -> str:
+    """SHA-256 (hex) of an entry (FORMAT.md, "Checksum").
+
+    Version 2 (default): the canonical JSON of ``meta`` without ``sha256`` (sorted keys, no
+    spaces), a NUL byte, then for every tensor named in ``meta["tensors"]`` (default: the six
+    of :data:`TENSORS`) in sorted order: ``name``, NUL, ``dtype.str``, NUL, the shape as JSON,
+    NUL and the little-endian bytes. Version 1: the six tensors' bytes in :data:`TENSORS` order.
+    """
     h = hashlib.sha256()
-    for t in TENSORS:
+    if version == 1:
+        for t in TENSORS:
+            h.update(_tensor_bytes(tensors[t]))
+        return h.hexdigest()
+    if version != 2:
+        raise FormatError(f"no checksum rule for format version {version!r}")
+    m = {k: v for k, v in dict(meta or {}).items() if k != "sha256"}
+    names = list(m.get("tensors", TENSORS))
+    m["tensors"] = sorted(names)
+    try:
+        h.update(json.dumps(m, sort_keys=True, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"entry header is not JSON-serialisable ({exc})") from exc
+    for t in sorted(names):
+        if t not in tensors:
+            raise FormatError(f"entry lists tensor {t!r} but does not hold it")
         a = np.asarray(tensors[t])
-        h.update(np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes())
+        h.update(b"\0" + t.encode() + b"\0" + a.dtype.newbyteorder("<").str.encode() + b"\0"
+                 + json.dumps(list(a.shape)).encode() + b"\0")
+        h.update(_tensor_bytes(a))
     return h.hexdigest()
 
 
+@public
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it.
 
@@ -122,6 +165,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         raise
 
 
+@public
 def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.ndarray] | None = None) -> None:
     """Write quantized entries (``{name: {"meta": {...}, "tensors": {...}}}``) and plain tensors.
 
@@ -133,16 +177,24 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
     tensors: dict[str, np.ndarray] = {}
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "entries": {}}
     for name, e in entries.items():
+        if not isinstance(name, str) or not name or ".kashin." in name:
+            raise OptionError(f"entry name must be a non-empty string without '.kashin.', got {name!r}")
         meta = dict(e["meta"])
-        meta["sha256"] = entry_checksum(e["tensors"])
+        meta.pop("sha256", None)
+        names = sorted(set(TENSORS) | set(e["tensors"]))
+        meta["tensors"] = names
+        stored = {t: np.ascontiguousarray(e["tensors"][t], dtype=_DTYPES.get(t)) for t in names}
+        for t, a in stored.items():
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise NonFiniteError(f"entry {name!r}: tensor {t} holds NaN/Inf; refusing to write an undecodable file")
+        meta["sha256"] = entry_checksum(stored, meta)
         header["entries"][name] = meta
-        for t in TENSORS:
-            key = f"{name}.kashin.{t}"
-            tensors[key] = np.ascontiguousarray(e["tensors"][t], dtype=_DTYPES[t])
+        for t in names:
+            tensors[f"{name}.kashin.{t}"] = stored[t]
     use_torch = False
     for name, a in (plain or {}).items():
         if name in tensors:
-            raise ValueError(f"plain tensor {name!r} collides with a quantized entry")
+            raise OptionError(f"plain tensor {name!r} collides with a quantized entry")
         if isinstance(a, np.ndarray):
             tensors[name] = np.ascontiguousarray(a)
         else:  # a torch tensor (bfloat16 has no NumPy dtype): write the file through torch
@@ -159,6 +211,7 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+@public
 def read_header(path) -> tuple[dict, list[str]]:
     """Parse and check the header of a quantized file; return ``(header, all tensor names)``."""
     from safetensors import safe_open
@@ -182,8 +235,8 @@ def read_header(path) -> tuple[dict, list[str]]:
         raise FormatError(f"{path}: header '{META_KEY}' is not valid JSON ({exc})") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise FormatError(f"{path}: header format is {header.get('format') if isinstance(header, dict) else header!r}, expected {FORMAT!r}")
-    if header.get("version") != VERSION:
-        raise FormatError(f"{path}: format version {header.get('version')!r} is not supported (this reader knows version {VERSION})")
+    if header.get("version") not in SUPPORTED_VERSIONS or isinstance(header.get("version"), bool):
+        raise FormatError(f"{path}: format version {header.get('version')!r} is not supported (this reader knows versions {list(SUPPORTED_VERSIONS)})")
     if not isinstance(header.get("entries"), dict):
         raise FormatError(f"{path}: header has no 'entries' object")
     return header, names
@@ -207,9 +260,24 @@ def _check_size(path, size):
         raise FormatError(f"{path}: file is {size} bytes, header describes {8 + n + end} (truncated or padded)")
 
 
-def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray]) -> None:
-    """Check an entry's fields, tensor dtypes and sizes, table order and checksum (FORMAT.md)."""
+def entry_tensor_names(meta: Mapping[str, Any], version: int = VERSION) -> list[str]:
+    """The tensors an entry stores: ``meta["tensors"]`` (version 2) or the six of :data:`TENSORS`."""
+    if version == 1:
+        return list(TENSORS)
+    names = meta.get("tensors") if isinstance(meta, Mapping) else None
+    if not isinstance(names, list) or not all(isinstance(t, str) and t for t in names) or not set(TENSORS) <= set(names):
+        raise FormatError(f"entry field 'tensors' must list at least {list(TENSORS)}, got {names!r}")
+    return names
+
+
+@public(finite=False)
+def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray], *, version: int = VERSION) -> None:
+    """Check an entry's fields, tensor dtypes and sizes, table order, scales and checksum (FORMAT.md)."""
     where = f"{path}: entry {name!r}"
+    if not isinstance(meta, Mapping):
+        raise FormatError(f"{where}: entry is not an object")
+    if not isinstance(tensors, Mapping):
+        raise FormatError(f"{where}: tensors must be a mapping of name -> array")
     try:
         out, inn = (int(s) for s in meta["shape"])
         N = int(meta["block"])
@@ -217,6 +285,10 @@ def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray
         basis = meta["basis"]
         _ = meta["dtype"]
         digest = meta["sha256"]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (*meta["shape"], meta["block"], meta["bits_u"], meta["bits_v"])):
+            raise TypeError("shape, block and bits must be integers")
+        if len(meta["shape"]) != 2:
+            raise ValueError("shape must be [out, in]")
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where}: missing or malformed field ({exc!r})") from exc
     if out < 1 or inn < 1 or N < 8 or N % 8 or not (1 <= bu <= 7 and 1 <= bv <= 7):
@@ -230,6 +302,8 @@ def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray
         if t not in tensors:
             raise FormatError(f"{where}: tensor {name}.kashin.{t} is missing")
         a = tensors[t]
+        if not isinstance(a, np.ndarray):
+            raise FormatError(f"{where}: {t} is not an array ({type(a).__name__})")
         if a.dtype != _DTYPES[t]:
             raise FormatError(f"{where}: {t} has dtype {a.dtype}, expected {np.dtype(_DTYPES[t])}")
         if a.ndim != 1 or a.size != expect[t]:
@@ -238,5 +312,11 @@ def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray
         tab = tensors[t]
         if not np.all(np.isfinite(tab)) or np.any(np.diff(tab) <= 0):
             raise FormatError(f"{where}: {t} is not finite and strictly ascending")
-    if entry_checksum(tensors) != digest:
-        raise FormatError(f"{where}: SHA-256 mismatch (the file was modified or is corrupt)")
+    for t in ("scale_u", "scale_v"):
+        if not np.all(np.isfinite(tensors[t].astype(np.float32))):
+            raise FormatError(f"{where}: {t} holds NaN/Inf block scales")
+    names = entry_tensor_names(meta, version)
+    if entry_checksum(tensors, meta, version=version) != digest:
+        covered = "header fields and tensors" if version >= 2 else "tensors"
+        raise FormatError(f"{where}: SHA-256 mismatch over the entry's {covered} (the file was modified or is corrupt)")
+    del names

@@ -38,8 +38,16 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..backend import check_array, to_numpy
-from ..errors import DTypeError, EmptyInputError, FormatError, NonFiniteError, ShapeError
+from ..backend import check_array, check_choice, check_int, check_path, public, to_numpy
+from ..errors import (
+    ArgumentTypeError,
+    DTypeError,
+    EmptyInputError,
+    FormatError,
+    NonFiniteError,
+    OptionError,
+    ShapeError,
+)
 from . import format as fmt
 from .decompose import _frame_rows, as_operator, decompose
 
@@ -47,6 +55,7 @@ __all__ = ["quantize", "KashinQuantized", "lloyd_max", "nearest_code", "split_bi
 
 METHODS = ("default", "greedy", "truncation")
 _F16_MAX = 65504.0
+_F32_MAX = float(np.finfo(np.float32).max)
 # Split used by the default method. A low truncation level (0.25 x RMS) and a few iterations gave
 # the lowest final error on the MiniLM matrices (0.302 vs 0.317 at the 1.0 x RMS level; measured
 # with ``benchmarks/bench_kashin.py``); only u's codes come from the split (v is re-derived by
@@ -56,16 +65,18 @@ _SPLIT_ITERS = 6
 _TRACK = False  # record the error after every sweep in ``info['sweep_error']`` (costs a pass each)
 
 
+@public
 def split_bits(bits) -> tuple[int, int]:
     """``bits`` (2..8, both factors together) -> ``(bits_u, bits_v)``; odd totals give ``u`` the extra bit."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise TypeError(f"bits must be an integer 2..8, got {bits!r} ({type(bits).__name__})")
+        raise ArgumentTypeError(f"bits must be an integer 2..8, got {bits!r} ({type(bits).__name__})")
     bits = int(bits)
     if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8 (code bits per weight for u and v together), got {bits}")
+        raise OptionError(f"bits must be in 2..8 (code bits per weight for u and v together), got {bits}")
     return (bits + 1) // 2, bits // 2
 
 
+@public
 def nearest_code(z: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Index of the nearest entry of the ascending ``table`` for every value of ``z``.
 
@@ -80,6 +91,7 @@ def nearest_code(z: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, z, side="right").astype(np.uint8)
 
 
+@public
 def lloyd_max(z: np.ndarray, k: int, *, iters: int = 40, max_samples: int = 1 << 18) -> np.ndarray:
     """1-D k-means (Lloyd-Max quantizer) of the values ``z``: ``k`` ascending centroids.
 
@@ -269,17 +281,46 @@ def _check_weight(W, name="W"):
     if not np.all(np.isfinite(A32)):
         bad = int(np.size(A32) - np.count_nonzero(np.isfinite(A32)))
         raise NonFiniteError(f"{name} holds {bad} NaN/Inf entries (shape {shp}); quantization needs finite weights")
+    big = float(np.max(np.abs(A32)))
+    if big > _F32_MAX / 4:  # the codec computes in float32: squares and sums of such weights overflow
+        raise NonFiniteError(f"{name} has an entry of magnitude {big:.3g}, beyond what float32 arithmetic can encode (limit {_F32_MAX / 4:.3g}); rescale it first")
     return A32, str(W.dtype).rsplit(".", 1)[-1]
+
+
+MAX_BLOCK = 1 << 16
+MAX_ITERS = 10_000
+
+
+def check_options(bits, *, block=256, basis="hadamard", method="default", iters=None, seed=0):
+    """Validate :func:`quantize`'s options before any data is read (the CLI calls it first).
+
+    Returns ``(bits_u, bits_v, block, iters, seed)`` with ``iters`` defaulted to 10.
+    """
+    bu, bv = split_bits(bits)
+    block = check_int(block, "block", minimum=8, maximum=MAX_BLOCK)
+    if block % 8:
+        raise OptionError(f"block must be a positive multiple of 8, got {block}")
+    check_choice(method, "method", METHODS)
+    iters = 10 if iters is None else check_int(iters, "iters", minimum=0, maximum=MAX_ITERS)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
+    if isinstance(basis, str):
+        if basis == "kron":
+            raise OptionError("basis='kron' needs explicit factors: pass ops.kron(...) as the basis")
+        check_choice(basis, "basis", [k for k in ops.KINDS if k != "kron"])
+    elif not isinstance(basis, (dict, ops.OrthogonalOperator)):
+        raise ArgumentTypeError(f"basis must be a kind name, a spec dict or an OrthogonalOperator, got {type(basis).__name__}")
+    return bu, bv, block, iters, seed
 
 
 def _basis_op(basis, block, seed):
     if isinstance(basis, str) and basis == "kron":
-        raise ValueError("basis='kron' needs explicit factors: pass ops.kron(...) as the basis")
+        raise OptionError("basis='kron' needs explicit factors: pass ops.kron(...) as the basis")
     if isinstance(basis, str) and basis not in ops.KINDS:
-        raise ValueError(f"unknown basis {basis!r}; choose one of {ops.KINDS[:-1]} or pass an operator")
+        raise OptionError(f"unknown basis {basis!r}; choose one of {ops.KINDS[:-1]} or pass an operator")
     return as_operator(basis, block, seed)
 
 
+@public
 def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: str = "default",
              iters: int | None = None, seed: int = 0) -> "KashinQuantized":
     """Kashin-quantize a matrix.
@@ -306,15 +347,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     -------
     KashinQuantized
     """
-    bu, bv = split_bits(bits)
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 8 or block % 8:
-        raise ValueError(f"block must be a positive multiple of 8, got {block!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if iters is None:
-        iters = 10
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}")
+    bu, bv, block, iters, seed = check_options(bits, block=block, basis=basis, method=method, iters=iters, seed=seed)
     A, dtype_name = _check_weight(W)
     op = _basis_op(basis, int(block), int(seed))
     N = op.n
@@ -325,8 +358,8 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     X = X.reshape(B, N)
     cu, cv, alpha, beta, Tu, Tv, info = _encode_blocks(X, op, bu, bv, method, int(iters))
     for nm, s in (("alpha", alpha), ("beta", beta)):
-        if np.max(np.abs(s), initial=0.0) > _F16_MAX:
-            raise ValueError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range; rescale W first")
+        if not np.all(np.isfinite(s)) or np.max(np.abs(s), initial=0.0) > _F16_MAX:
+            raise NonFiniteError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range of the stored scales (max {_F16_MAX:g}); rescale W first")
     q = KashinQuantized(
         shape=(out, inn), dtype=dtype_name, block=N, bits_u=bu, bits_v=bv, basis=op.spec, method=method,
         codes_u=fmt.pack_codes(cu, bu), codes_v=fmt.pack_codes(cv, bv),
@@ -336,6 +369,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     return q
 
 
+@public
 class KashinQuantized:
     """A Kashin-quantized ``(out, in)`` matrix (see FORMAT.md for the fields).
 
@@ -533,13 +567,29 @@ class KashinQuantized:
         return {"shape": list(self.shape), "dtype": self.dtype, "block": self.block, "bits_u": self.bits_u,
                 "bits_v": self.bits_v, "basis": self.basis, "method": self.method}
 
-    def save(self, path, name: str = "weight") -> None:
-        """Write a one-entry quantized checkpoint (FORMAT.md), atomically."""
+    def save(self, path, name: str | None = "weight") -> None:
+        """Write a one-entry quantized checkpoint (FORMAT.md), atomically.
+
+        ``name`` (default ``"weight"``; ``None`` means the default) names the entry; it must be a
+        non-empty string without ``".kashin."``. The file loads back with ``load(path)``.
+        """
+        if name is None:
+            name = "weight"
+        if not isinstance(name, str) or not name or ".kashin." in name:
+            raise OptionError(f"name must be a non-empty string without '.kashin.', got {name!r}")
+        check_path(path, "path", must_exist=False)
         fmt.write_checkpoint(path, {name: {"meta": self.meta(), "tensors": self.tensors()}})
 
     @classmethod
-    def from_entry(cls, meta: dict, tensors: dict, *, path="<memory>", name="weight") -> "KashinQuantized":
-        fmt.validate_entry(path, name, {**meta, "sha256": meta.get("sha256", fmt.entry_checksum(tensors))}, tensors)
+    def from_entry(cls, meta: dict, tensors: dict, *, path="<memory>", name="weight", version: int = fmt.VERSION) -> "KashinQuantized":
+        """Build from an entry's header fields and tensors, validated as on load (FORMAT.md)."""
+        if not isinstance(meta, dict):
+            raise FormatError(f"{path}: entry {name!r} is not an object")
+        if "sha256" not in meta:  # an in-memory entry: nothing to verify against
+            meta = {**meta, "tensors": sorted(set(fmt.TENSORS) | set(tensors))} if version >= 2 else dict(meta)
+            meta["sha256"] = fmt.entry_checksum(tensors, meta, version=version)
+        fmt.validate_entry(path, name, meta, tensors, version=version)
+        tensors = {t: tensors[t] for t in fmt.TENSORS}
         try:
             ops.orthogonal(meta["basis"])
         except Exception as exc:  # noqa: BLE001
@@ -550,6 +600,8 @@ class KashinQuantized:
     @classmethod
     def load(cls, path, name: str | None = None) -> "KashinQuantized":
         """Read one entry (``name``; the only one when omitted) of a quantized file, validated."""
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(f"name must be a string or None, got {name!r}")
         entries = load_entries(path, [name] if name is not None else None)
         if name is None and len(entries) != 1:
             raise FormatError(f"{path}: holds {len(entries)} quantized entries; pass name= (one of {sorted(entries)[:5]}...)")
@@ -569,20 +621,28 @@ class KashinQuantized:
         return "KashinQuantized\n" + "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
 
 
+@public
 def load_entries(path, names=None) -> dict[str, KashinQuantized]:
     """Every quantized entry of a file (or those in ``names``), validated against FORMAT.md."""
     from safetensors import safe_open
 
+    check_path(path, "path")
     header, keys = fmt.read_header(path)
+    version = header["version"]
     entries = header["entries"]
+    if names is not None and (isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names)):
+        raise ArgumentTypeError(f"names must be a list of entry names, got {names!r}")
     want = list(entries) if names is None else list(names)
     out = {}
     with safe_open(str(path), framework="numpy") as f:
         for nm in want:
             if nm not in entries:
                 raise FormatError(f"{path}: no quantized entry {nm!r} (has {sorted(entries)[:5]}...)")
+            meta = entries[nm]
+            if not isinstance(meta, dict):
+                raise FormatError(f"{path}: entry {nm!r} is not an object")
             tensors = {}
-            for t in fmt.TENSORS:
+            for t in fmt.entry_tensor_names(meta, version):
                 key = f"{nm}.kashin.{t}"
                 if key not in keys:
                     raise FormatError(f"{path}: entry {nm!r}: tensor {key} is missing")
@@ -590,9 +650,5 @@ def load_entries(path, names=None) -> dict[str, KashinQuantized]:
                     tensors[t] = f.get_tensor(key)
                 except Exception as exc:  # noqa: BLE001
                     raise FormatError(f"{path}: tensor {key} cannot be read ({exc})") from exc
-            meta = entries[nm]
-            if not isinstance(meta, dict):
-                raise FormatError(f"{path}: entry {nm!r} is not an object")
-            fmt.validate_entry(path, nm, meta, tensors)
-            out[nm] = KashinQuantized.from_entry(meta, tensors, path=path, name=nm)
+            out[nm] = KashinQuantized.from_entry(meta, tensors, path=path, name=nm, version=version)
     return out

@@ -59,8 +59,21 @@ def _args(parser):
 
 
 def _run(args, ctx):
+    import re
+
+    from ..backend import check_int, check_path
+    from ..errors import OptionError
     from .params import compare
 
+    for r in args.ranks:
+        check_int(r, "--ranks", minimum=1)
+    check_int(args.max_iter, "--max-iter", minimum=0, maximum=100_000)
+    try:
+        re.compile(args.layers)
+    except re.error as exc:
+        raise OptionError(f"--layers is not a valid regular expression: {exc}") from None
+    if args.checkpoint is not None:
+        check_path(args.checkpoint, "--checkpoint", kind="any")
     names, T = _stack(args.layers, args.checkpoint)
     L, m, n = T.shape
     ctx.print(f"{L} layers of {m}x{n}: {names[0]} ... {names[-1]}")

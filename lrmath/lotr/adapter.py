@@ -43,8 +43,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..backend import array_namespace, check_array, check_positive_int
-from ..errors import RankError, ShapeError
+from ..backend import array_namespace, check_array, check_positive_int, public
+from ..errors import BackendUnavailableError, OptionError, RankError, ShapeError
 
 __all__ = ["CHAINS", "AUTOGRAD_ORDERS", "LoTRPlan", "ChainChoice", "plan", "forward", "backward", "LoTRGrads", "chain_orders"]
 
@@ -76,7 +76,7 @@ def _chain_module():
     try:
         from ..runlora import chain
     except ImportError as exc:  # pragma: no cover - RunLoRA ships with lrmath
-        raise ImportError(f"lrmath.lotr needs the RunLoRA chain cost model (lrmath.runlora.chain): {exc}") from exc
+        raise BackendUnavailableError(f"lrmath.lotr needs the RunLoRA chain cost model (lrmath.runlora.chain): {exc}") from exc
     return chain
 
 
@@ -120,7 +120,7 @@ def _norm_tree(tree):
     if len(tree) == 1:
         return _norm_tree(tree[0])
     if len(tree) != 2:
-        raise ValueError(f"expected a binary tree of factor indices, got {tree!r}")
+        raise OptionError(f"expected a binary tree of factor indices, got {tree!r}")
     return (_norm_tree(tree[0]), _norm_tree(tree[1]))
 
 
@@ -138,6 +138,7 @@ def _expr(tree, factors) -> str:
     return walk(tree)
 
 
+@public
 @functools.lru_cache(maxsize=256)
 def chain_orders(dims: tuple[int, ...]) -> tuple:
     """Every association order of a chain with ``dims`` (from ``lrmath.runlora.chain.orders``).
@@ -149,6 +150,7 @@ def chain_orders(dims: tuple[int, ...]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- plan
+@public(methods=False)
 @dataclass(frozen=True)
 class ChainChoice:
     """The order chosen for one chain: tree of factor indices, readable expression, own FLOPs."""
@@ -159,6 +161,7 @@ class ChainChoice:
     flops_alone: int  # per layer, if computed with no reuse
 
 
+@public(methods=False)
 @dataclass
 class LoTRPlan:
     """Association orders for the forward (and backward) of ``L`` LoTR layers; ``repr`` is a table.
@@ -288,6 +291,7 @@ def _simulate(trees: dict, size: dict, shared: frozenset, pull_out: bool, matmul
     return done, reused
 
 
+@public
 def plan(t: int, m: int, n: int, r: int, L: int = 1, *, r_b: int | None = None,
          shared_input: bool = False, backward: bool = True, orders: dict | None = None) -> LoTRPlan:
     """Cheapest association orders (by FLOPs) for a LoTR step over ``L`` layers.
@@ -327,15 +331,15 @@ def plan(t: int, m: int, n: int, r: int, L: int = 1, *, r_b: int | None = None,
         items = []
         for nm, tr in orders.items():
             if nm not in names:
-                raise ValueError(f"unknown chain {nm!r}; chains of this plan: {names}")
+                raise OptionError(f"unknown chain {nm!r}; chains of this plan: {names}")
             opts = chain_orders(tuple(_dims_of(CHAINS[nm], size)))
             if isinstance(tr, int):
                 if not 0 <= tr < len(opts):
-                    raise ValueError(f"order index {tr} out of range for chain {nm!r} ({len(opts)} orders)")
+                    raise OptionError(f"order index {tr} out of range for chain {nm!r} ({len(opts)} orders)")
                 tr = opts[tr][0]
             tr = _norm_tree(tr)
             if tr not in [o[0] for o in opts]:
-                raise ValueError(f"{tr!r} is not an order of the {len(CHAINS[nm])}-factor chain {nm!r}")
+                raise OptionError(f"{tr!r} is not an order of the {len(CHAINS[nm])}-factor chain {nm!r}")
             items.append((nm, tr))
         fixed = tuple(sorted(items, key=lambda kv: kv[0]))
     return _plan_cached(t, m, n, ra, rb, L, bool(shared_input), bool(backward), fixed)
@@ -417,6 +421,7 @@ def _numel(key, size) -> int:
 
 
 # ----------------------------------------------------------------------------- execution
+@public
 @dataclass
 class LoTRGrads:
     """Gradients of one LoTR step: ``dX`` (L, t, m) or (t, m) for a shared input, ``dA`` (m, r_a),
@@ -539,6 +544,7 @@ def _layer_arrays(X, A, G, B, dY, l, shared, scale=1.0):
     return d
 
 
+@public
 def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = None,
             matmul: Callable | None = None, return_saved: bool = False, validate: bool = True):
     """``Y_l = X_l W_l + s X_l A G_l B^T`` for every layer, in the plan's order.
@@ -587,6 +593,7 @@ def forward(X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = N
     return Y
 
 
+@public
 def backward(dY, X, A, G, B, *, W=None, scale: float = 1.0, plan: LoTRPlan | None = None,
              saved: dict | None = None, matmul: Callable | None = None, validate: bool = True) -> LoTRGrads:
     """Gradients of ``sum_l <dY_l, Y_l>`` for ``Y_l = X_l W_l + s X_l A G_l B^T``.

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import check_array, check_positive_int, to_numpy
+from ..backend import check_array, check_positive_int, public, to_numpy
 from ..errors import RankError
 from .tucker import check_ranks, tucker2
 
@@ -47,6 +47,7 @@ def _dims(m, n, L):
     return (check_positive_int(m, "m"), check_positive_int(n, "n"), check_positive_int(L, "L"))
 
 
+@public
 def lora_params(m: int, n: int, r: int, L: int = 1) -> int:
     """Parameters of rank-``r`` LoRA on ``L`` layers of shape (m, n): ``L r (m + n)``."""
     m, n, L = _dims(m, n, L)
@@ -54,6 +55,7 @@ def lora_params(m: int, n: int, r: int, L: int = 1) -> int:
     return L * r * (m + n)
 
 
+@public
 def lotr_params(m: int, n: int, r: int | Sequence[int], L: int = 1) -> int:
     """Parameters of LoTR with ranks ``r`` or ``(r_a, r_b)`` on ``L`` layers: ``r_a m + r_b n + L r_a r_b``."""
     m, n, L = _dims(m, n, L)
@@ -63,6 +65,7 @@ def lotr_params(m: int, n: int, r: int | Sequence[int], L: int = 1) -> int:
     return r_a * m + r_b * n + L * r_a * r_b
 
 
+@public
 def lora_rank_for_budget(budget: int, m: int, n: int, L: int = 1) -> int:
     """Largest LoRA rank ``r`` with ``L r (m + n) <= budget`` (0 if even rank 1 does not fit)."""
     m, n, L = _dims(m, n, L)
@@ -70,6 +73,7 @@ def lora_rank_for_budget(budget: int, m: int, n: int, L: int = 1) -> int:
     return min(budget // (L * (m + n)), min(m, n))
 
 
+@public
 def lotr_rank_for_budget(budget: int, m: int, n: int, L: int = 1) -> int:
     """Largest equal LoTR rank ``r`` with ``r (m + n) + L r^2 <= budget`` (0 if none fits).
 
@@ -87,11 +91,13 @@ def lotr_rank_for_budget(budget: int, m: int, n: int, L: int = 1) -> int:
     return min(r, min(m, n))
 
 
+@public
 def matched_lora_rank(lotr_rank: int | Sequence[int], m: int, n: int, L: int) -> int:
     """LoRA rank with the largest parameter count not above LoTR's at ``lotr_rank``."""
     return lora_rank_for_budget(lotr_params(m, n, lotr_rank, L), m, n, L)
 
 
+@public
 def svd_errors(T) -> np.ndarray:
     """Singular values of every layer of ``T`` (L, m, n), shape (L, min(m, n)), descending.
 
@@ -108,6 +114,7 @@ def _lora_error(sv: np.ndarray, r: int, total: float) -> float:
     return math.sqrt(tail / total) if total > 0 else 0.0
 
 
+@public
 def pooled_svd_error(sv: np.ndarray, k: int, total: float | None = None) -> float:
     """Relative error when the ``k`` largest singular values over all layers are kept."""
     flat = np.sort(np.asarray(sv, dtype=np.float64).ravel())[::-1]
@@ -116,6 +123,7 @@ def pooled_svd_error(sv: np.ndarray, k: int, total: float | None = None) -> floa
     return math.sqrt(tail / total) if total > 0 else 0.0
 
 
+@public
 @dataclass
 class Comparison:
     """LoTR vs LoRA at (nearly) equal parameter count on one stack; ``repr`` is a table.
@@ -145,6 +153,7 @@ class Comparison:
         return "\n".join([head, fmt(cols), "  " + "-+-".join("-" * k for k in w), *map(fmt, cells)])
 
 
+@public
 def compare(T, ranks: Sequence[int], *, max_iter: int = 30, tol: float = 1e-7, label: str = "") -> Comparison:
     """Error of LoTR (Tucker-2) and LoRA (per-layer SVD) on the same stack at equal budgets.
 

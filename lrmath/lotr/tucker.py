@@ -32,13 +32,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..backend import array_namespace, as_compute, check_array, check_positive_int
-from ..errors import RankError, ShapeError
+from ..backend import array_namespace, as_compute, check_array, check_positive_int, public
+from ..errors import OptionError, RankError, ShapeError
 
 __all__ = ["Tucker2", "tucker2", "hosvd2", "reconstruct", "relative_error", "check_ranks"]
 
 
 # ----------------------------------------------------------------------------- validation
+@public
 def check_ranks(rank: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
     """Validate Tucker-2 ranks ``(r_a, r_b)`` for a stack of shape ``(L, m, n)``.
 
@@ -116,23 +117,32 @@ def _mT(xp, M):
     return xp.matrix_transpose(M)
 
 
+@public
 def reconstruct(A, G, B):
     """``A @ G[l] @ B.T`` for every layer: (m, r_a), (L, r_a, r_b), (n, r_b) -> (L, m, n)."""
     xp = array_namespace(A, G, B)
     return xp.matmul(xp.matmul(A, G), _mT(xp, B))
 
 
+@public
 def relative_error(T, approx) -> float:
     """``||T - approx||_F / ||T||_F`` over the whole stack (0 if both are zero)."""
     xp = array_namespace(T, approx)
-    num = float(xp.linalg.vector_norm(T - approx))
-    den = float(xp.linalg.vector_norm(T))
+    check_array(T, "T", dtype="real")
+    check_array(approx, "approx", dtype="real", shape=tuple(T.shape))
+    # scale by the largest magnitude first, so entries near 1e300 do not overflow the squares
+    s = max(float(xp.max(xp.abs(T))), float(xp.max(xp.abs(approx))))
+    if s == 0.0:
+        return 0.0
+    num = float(xp.linalg.vector_norm(T / s - approx / s))
+    den = float(xp.linalg.vector_norm(T / s))
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return num / den
 
 
 # ----------------------------------------------------------------------------- result
+@public
 @dataclass
 class Tucker2:
     """A Tucker-2 decomposition ``T[l] ~= A @ G[l] @ B.T`` and how it was found.
@@ -223,6 +233,7 @@ class Tucker2:
 
 
 # ----------------------------------------------------------------------------- algorithms
+@public
 def tucker2(
     T,
     rank: int | Sequence[int],
@@ -265,7 +276,7 @@ def tucker2(
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     tol = float(tol)
     if not tol >= 0 or math.isinf(tol):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol}")
+        raise OptionError(f"tol must be a finite number >= 0, got {tol}")
     xp, Tc, _ = as_compute(T)
     L, m, n = (int(s) for s in Tc.shape)
     tiny = 64 * _eps(Tc.dtype)
@@ -291,7 +302,7 @@ def tucker2(
         B = xp.linalg.qr(xp.astype(B0, Tc.dtype))[0]
         init_name = "given"
     else:
-        raise ValueError(f"init must be 'hosvd', 'random' or a pair (A, B), got {init!r}")
+        raise OptionError(f"init must be 'hosvd', 'random' or a pair (A, B), got {init!r}")
 
     G = xp.matmul(xp.matmul(_mT(xp, A), Tc), B)
     errors = [relative_error(Tc, reconstruct(A, G, B))]
@@ -320,6 +331,7 @@ def tucker2(
                    stop_reason=reason, init=init_name, tol=tol, shape=(L, m, n))
 
 
+@public
 def hosvd2(T, rank: int | Sequence[int]) -> Tucker2:
     """Truncated Tucker-2 HOSVD of ``T`` (L, m, n): :func:`tucker2` with no HOOI sweep."""
     return tucker2(T, rank, init="hosvd", max_iter=0)

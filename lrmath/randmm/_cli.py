@@ -135,11 +135,12 @@ def _args(parser):
 
 
 def _run(args, ctx):
+    from ..backend import check_float, check_int
+
     ratios = tuple(args.ratio) if args.ratio else (0.5, 0.25, 0.1)
     for r in ratios:
-        if not 0 < r <= 1:
-            ctx.print(f"--ratio must be in (0, 1], got {r}")
-            return 2
+        check_float(r, "--ratio", minimum=0.0, maximum=1.0, min_open=True)
+    check_int(args.pairs, "--pairs", minimum=1, maximum=1024)
     rows, meta = analyse(n_pairs=args.pairs, ratios=ratios, layers=args.layer)
     summary = _summary_rows(rows, ratios, args.pairs)
     ctx.table(summary, title=f"{args.pairs} pairs, {meta['tokens'][0]} tokens")

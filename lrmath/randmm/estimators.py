@@ -62,8 +62,8 @@ from typing import Any
 import numpy as np
 
 from .. import rng
-from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
-from ..errors import ShapeError
+from ..backend import array_namespace, as_compute, check_array, check_bool, check_int, like, public, restore, to_numpy
+from ..errors import ArgumentTypeError, OptionError, ShapeError
 
 __all__ = [
     "KINDS",
@@ -139,15 +139,16 @@ def _ns(A):
     return array_namespace(A)
 
 
+@public
 def check_k(k: Any, t: int, *, name: str = "k") -> int:
     """Validate a sketch size: an integer with ``1 <= k <= t`` (clear errors otherwise)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {k!r}")
+        raise ArgumentTypeError(f"{name} must be an integer, got {k!r}")
     k = int(k)
     if k < 1:
-        raise ValueError(f"sketch size {name}={k} must be at least 1")
+        raise OptionError(f"sketch size {name}={k} must be at least 1")
     if k > t:
-        raise ValueError(f"sketch size {name}={k} exceeds the number of rows t={t}; a sketch cannot be larger than the product's inner dimension")
+        raise OptionError(f"sketch size {name}={k} exceeds the number of rows t={t}; a sketch cannot be larger than the product's inner dimension")
     return k
 
 
@@ -158,6 +159,7 @@ def _row_sq_norms(A) -> np.ndarray:
     return nrm * nrm
 
 
+@public
 def sampling_probabilities(X, Y=None, probs: str | Any = "xy") -> np.ndarray:
     """Row sampling probabilities ``p`` (float64 NumPy, sums to 1).
 
@@ -174,20 +176,21 @@ def sampling_probabilities(X, Y=None, probs: str | Any = "xy") -> np.ndarray:
             w = np.sqrt(_row_sq_norms(X))
         elif probs == "xy":
             if Y is None:
-                raise ValueError("probs='xy' needs Y (use probs='x' or 'uniform' when only X is known)")
+                raise OptionError("probs='xy' needs Y (use probs='x' or 'uniform' when only X is known)")
             w = np.sqrt(_row_sq_norms(X) * _row_sq_norms(Y))
         else:
-            raise ValueError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
+            raise OptionError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
         s = w.sum()
         return w / s if s > 0 else np.full(t, 1.0 / t)
     p = np.asarray(to_numpy(probs), dtype=np.float64)
     if p.shape != (t,):
         raise ShapeError(f"probabilities must have shape ({t},), got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or not abs(p.sum() - 1.0) < 1e-6:
-        raise ValueError("probabilities must be finite, non-negative and sum to 1")
+        raise OptionError("probabilities must be finite, non-negative and sum to 1")
     return p / p.sum()
 
 
+@public
 def bernoulli_probabilities(weights, k: float) -> np.ndarray:
     """Water-filling: ``q_i = min(1, c w_i)`` with ``sum q = k`` (float64 NumPy).
 
@@ -197,10 +200,10 @@ def bernoulli_probabilities(weights, k: float) -> np.ndarray:
     """
     w = np.asarray(to_numpy(weights), dtype=np.float64)
     if np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError("weights must be finite and non-negative")
+        raise OptionError("weights must be finite and non-negative")
     t = w.size
     if not 0 < k <= t:
-        raise ValueError(f"expected sample size k={k} must be in (0, t={t}]")
+        raise OptionError(f"expected sample size k={k} must be in (0, t={t}]")
     q = np.zeros(t)
     nz = w > 0
     if nz.sum() <= k:
@@ -234,6 +237,7 @@ def _sample_with_replacement(p: np.ndarray, k: int, seed: int, stream: int, offs
     return idx.astype(np.int64)
 
 
+@public
 @dataclass
 class Sketch:
     """A seeded sketch ``C_hat = (L X)^T (R Y)`` with ``E[L^T R] = I``.
@@ -374,6 +378,7 @@ class Sketch:
         return self.apply_x(eye), self.apply_y(eye)
 
 
+@public
 def make_sketch(
     kind: str,
     t: int,
@@ -408,14 +413,15 @@ def make_sketch(
         How ``wta`` chooses ``|D|``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown estimator {kind!r}; choose one of {KINDS}")
-    t = int(t)
+        raise OptionError(f"unknown estimator {kind!r}; choose one of {KINDS}")
+    t = check_int(t, "t", minimum=1)
     k = check_k(k, t)
     if X is not None and int(X.shape[0]) != t:
         raise ShapeError(f"X has {X.shape[0]} rows, expected t={t}")
     if Y is not None and int(Y.shape[0]) != t:
         raise ShapeError(f"Y has {Y.shape[0]} rows, expected t={t}")
-    sk = Sketch(kind, t, k, int(seed), int(stream), bool(replace))
+    seed, stream = check_int(seed, "seed", minimum=0, maximum=2**64 - 1), check_int(stream, "stream", minimum=0, maximum=2**64 - 1)
+    sk = Sketch(kind, t, k, seed, stream, check_bool(replace, "replace"))
     rng.stream_key(seed, stream)  # validates seed and stream
     s_idx = int(stream) * 64 + STREAM_INDEX
     if kind in DATA_INDEPENDENT:
@@ -423,7 +429,7 @@ def make_sketch(
     if kind == "crs":
         if not replace:
             if not (isinstance(probs, str) and probs == "uniform"):
-                raise ValueError("crs without replacement supports only probs='uniform' (unequal probabilities have no closed-form inclusion probabilities)")
+                raise OptionError("crs without replacement supports only probs='uniform' (unequal probabilities have no closed-form inclusion probabilities)")
             idx = np.sort(np.argsort(rng.uniform(seed, s_idx, t), kind="stable")[:k]).astype(np.int64)
             sk.indices, sk.weights = idx, np.full(k, t / k)
             return sk
@@ -439,11 +445,11 @@ def make_sketch(
                 w = np.sqrt(_row_sq_norms(_need(X, "X", probs)) * (_row_sq_norms(_need(Y, "Y", probs)) if probs == "xy" else 1.0))
                 q = bernoulli_probabilities(w, k)
             else:
-                raise ValueError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
+                raise OptionError(f"unknown probabilities {probs!r}; choose one of {PROBS} or pass an array")
         else:
             q = np.asarray(to_numpy(probs), dtype=np.float64)
             if q.shape != (t,) or np.any(q < 0) or np.any(q > 1) or not np.all(np.isfinite(q)):
-                raise ValueError(f"Bernoulli keep-probabilities must be a ({t},) array in [0, 1]")
+                raise OptionError(f"Bernoulli keep-probabilities must be a ({t},) array in [0, 1]")
         u = rng.uniform(seed, s_idx, t)
         keep = np.flatnonzero(u < q)
         sk.indices, sk.weights = keep.astype(np.int64), 1.0 / q[keep]
@@ -455,15 +461,15 @@ def make_sketch(
     if isinstance(deterministic, (int, np.integer)) and not isinstance(deterministic, bool):
         d = int(deterministic)
         if not 0 <= d < k:
-            raise ValueError(f"wta needs 0 <= |D| < k={k}, got {d}")
+            raise OptionError(f"wta needs 0 <= |D| < k={k}, got {d}")
     elif deterministic == "authors":
         d = wta_deterministic_size(p, k, rule="authors")
     elif deterministic == "optimal":
         if X is None or Y is None:
-            raise ValueError("wta with deterministic='optimal' minimises the exact variance, which needs X and Y; pass deterministic='authors' or an int otherwise")
+            raise OptionError("wta with deterministic='optimal' minimises the exact variance, which needs X and Y; pass deterministic='authors' or an int otherwise")
         d = wta_deterministic_size(p, k, rule="optimal", X=X, Y=Y)
     else:
-        raise ValueError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
+        raise OptionError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
     order = np.argsort(-p, kind="stable")
     D = order[:d]
     rest = order[d:]
@@ -485,18 +491,19 @@ def make_sketch(
 
 def _need(A, name, probs):
     if A is None:
-        raise ValueError(f"probs={probs!r} needs {name}")
+        raise OptionError(f"probs={probs!r} needs {name}")
     return A
 
 
 def _probs_from(X, Y, probs, t) -> np.ndarray:
     if isinstance(probs, str) and probs != "uniform" and X is None:
-        raise ValueError(f"probs={probs!r} needs X (and Y for 'xy')")
+        raise OptionError(f"probs={probs!r} needs X (and Y for 'xy')")
     if isinstance(probs, str) and probs == "uniform":
         return np.full(t, 1.0 / t)
     return sampling_probabilities(X, Y, probs)
 
 
+@public
 def estimate(X, Y, k: int, kind: str = "gaussian", *, seed: int = 0, stream: int = 0, **options):
     """Unbiased estimate of ``X^T Y`` (m, n) from a sketch of size ``k``.
 

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import check_array, to_numpy
-from ..errors import ShapeError
+from ..backend import check_array, public, to_numpy
+from ..errors import OptionError, ShapeError
 from .estimators import check_k
 from .variance import stats, variance
 
 __all__ = ["per_example_gradients", "sgd_variance", "compare", "Comparison", "max_compression", "Compression"]
 
 
+@public
 def per_example_gradients(X, dY, n_examples: int, *, scale: float | None = None) -> np.ndarray:
     """Per-example weight gradients ``g_b = scale * dY_b^T X_b`` (B, n, m), torch layout.
 
@@ -57,6 +58,7 @@ def per_example_gradients(X, dY, n_examples: int, *, scale: float | None = None)
     return (B if scale is None else scale) * np.einsum("bsn,bsm->bnm", Dn, Xn)
 
 
+@public
 def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float:
     """``E||g_batch - g_bar||^2`` of the mean of ``batch_size`` draws from ``per_example``.
 
@@ -76,7 +78,7 @@ def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float
     G = G.reshape(N, -1)
     B = int(batch_size)
     if B < 1 or (not replace and B > N):
-        raise ValueError(f"batch_size={batch_size} must be in [1, {N if not replace else 'inf'})")
+        raise OptionError(f"batch_size={batch_size} must be in [1, {N if not replace else 'inf'})")
     mean = G.mean(axis=0)
     pop = float(np.mean(np.einsum("ij,ij->i", G, G)) - mean @ mean)
     v = pop / B
@@ -85,6 +87,7 @@ def sgd_variance(per_example, batch_size: int, *, replace: bool = True) -> float
     return v
 
 
+@public
 @dataclass
 class Comparison:
     """Rows ``(estimator, k, ratio k/t, Var_sketch, Var_sketch / Var_SGD)``."""
@@ -109,6 +112,7 @@ def _label(kind: str, opts: dict) -> str:
     return f"{kind}({extra})" if extra else kind
 
 
+@public
 def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> Comparison:
     """Exact sketch variance and its ratio to ``sgd_var`` for each estimator and ``k/t``.
 
@@ -117,7 +121,7 @@ def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> 
     """
     st = stats(X, dY)
     if not sgd_var > 0:
-        raise ValueError(f"sgd_var must be positive, got {sgd_var}")
+        raise OptionError(f"sgd_var must be positive, got {sgd_var}")
     if estimators is None:
         estimators = [
             ("gaussian", {}),
@@ -137,6 +141,7 @@ def compare(X, dY, sgd_var: float, ratios=(0.5, 0.25, 0.1), estimators=None) -> 
     return out
 
 
+@public
 @dataclass
 class Compression:
     """Result of :func:`max_compression`: the smallest safe ``k`` and what it gives."""
@@ -165,6 +170,7 @@ class Compression:
         )
 
 
+@public
 def max_compression(X, dY, sgd_var: float, target: float = 1.0, kind: str = "crs", **options) -> Compression:
     """Smallest ``k`` with ``Var_sketch(k) <= target * sgd_var`` (bisection; every formula
     in :mod:`.variance` decreases in ``k``).
@@ -174,9 +180,9 @@ def max_compression(X, dY, sgd_var: float, target: float = 1.0, kind: str = "crs
     """
     st = stats(X, dY)
     if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"target must be a positive number, got {target}")
+        raise OptionError(f"target must be a positive number, got {target}")
     if not sgd_var > 0:
-        raise ValueError(f"sgd_var must be positive, got {sgd_var}")
+        raise OptionError(f"sgd_var must be positive, got {sgd_var}")
     bound = target * sgd_var
     f = lambda k: variance(st, None, k, kind, **options)  # noqa: E731
     lo, hi = 1, st.t

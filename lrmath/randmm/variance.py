@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import check_array, to_numpy
-from ..errors import ShapeError
+from ..backend import check_array, public, to_numpy
+from ..errors import OptionError, ShapeError
 from .estimators import KINDS, _TRANSFORM, bernoulli_probabilities, check_k, sampling_probabilities
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 
+@public
 @dataclass
 class Stats:
     """Float64 summaries of ``(X, Y)`` shared by every formula (computed once)."""
@@ -74,6 +75,7 @@ class Stats:
         return np.sqrt(self.u * self.v)
 
 
+@public
 def stats(X, Y) -> Stats:
     """:class:`Stats` of ``X`` (t, m) and ``Y`` (t, n)."""
     if isinstance(X, Stats):
@@ -90,11 +92,13 @@ def stats(X, Y) -> Stats:
     return Stats(Xn, Yn, u, v, C, float(np.sum(C * C)), float(np.dot(u, v)), float(u.sum() * v.sum()))
 
 
+@public
 def optimal_probabilities(X, Y) -> np.ndarray:
     """``p_i = ||x_i|| ||y_i|| / sum_j ||x_j|| ||y_j||``, the minimiser of the CRS variance."""
     return sampling_probabilities(X, Y, "xy")
 
 
+@public
 def crs_variance(st: Stats, p: np.ndarray, k: int) -> float:
     """``(sum u_i v_i / p_i - ||C||^2) / k`` (rows with ``p_i = 0`` must have ``u_i v_i = 0``)."""
     uv = st.u * st.v
@@ -103,6 +107,7 @@ def crs_variance(st: Stats, p: np.ndarray, k: int) -> float:
     return float((terms.sum() - st.C2) / k)
 
 
+@public
 def bernoulli_variance(st: Stats, q: np.ndarray) -> float:
     """``sum (1/q_i - 1) u_i v_i`` for Poisson sampling with keep-probabilities ``q``."""
     uv = st.u * st.v
@@ -111,6 +116,7 @@ def bernoulli_variance(st: Stats, q: np.ndarray) -> float:
     return float(terms.sum())
 
 
+@public
 def optimal_bernoulli_variance(st: Stats, k: float) -> float:
     """Closed form at the water-filling optimum: ``(sum_U a)^2 / (k - |F1|) - sum_U a^2``."""
     a = st.a
@@ -122,6 +128,7 @@ def optimal_bernoulli_variance(st: Stats, k: float) -> float:
     return float(a[U].sum() ** 2 / (k - full.sum()) - np.sum(a[U] ** 2))
 
 
+@public
 def transform_row_moment(kind: str, st: Stats) -> float:
     """``sum_r E_D ||x~_r||^2 ||y~_r||^2`` for ``X~ = H D X`` (random signs ``D``).
 
@@ -146,6 +153,7 @@ def _sorted_desc(p: np.ndarray) -> np.ndarray:
     return np.argsort(-p, kind="stable")
 
 
+@public
 def wta_variances(p: np.ndarray, k: int, X, Y=None) -> np.ndarray:
     """Exact WTA-CRS variance for every ``|D| = 0 .. k-1`` (array of length ``k``).
 
@@ -182,6 +190,7 @@ def wta_variances(p: np.ndarray, k: int, X, Y=None) -> np.ndarray:
     return var
 
 
+@public
 def wta_deterministic_size(p: np.ndarray, k: int, *, rule: str = "optimal", X=None, Y=None) -> int:
     """``|D|`` for WTA-CRS: ``'optimal'`` minimises :func:`wta_variances` (decisions.md);
     ``'authors'`` is the largest ``|D| < k`` with ``P_D > |D| / k`` (Liu et al. 2023: the
@@ -190,16 +199,17 @@ def wta_deterministic_size(p: np.ndarray, k: int, *, rule: str = "optimal", X=No
     k = int(k)
     if rule == "optimal":
         if X is None or Y is None:
-            raise ValueError("the optimal |D| needs X and Y")
+            raise OptionError("the optimal |D| needs X and Y")
         return int(np.argmin(wta_variances(p, k, X, Y)))
     if rule == "authors":
         PD = np.cumsum(np.sort(p)[::-1])[: k - 1]
         d = np.arange(1, PD.size + 1)
         ok = np.flatnonzero(PD > d / k)
         return int(d[ok[-1]]) if ok.size else 0
-    raise ValueError(f"rule must be 'optimal' or 'authors', got {rule!r}")
+    raise OptionError(f"rule must be 'optimal' or 'authors', got {rule!r}")
 
 
+@public
 def variance(
     X,
     Y,
@@ -227,7 +237,7 @@ def variance(
         The variance (sum over all ``m n`` entries), as in the module table.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown estimator {kind!r}; choose one of {KINDS}")
+        raise OptionError(f"unknown estimator {kind!r}; choose one of {KINDS}")
     st = stats(X, Y)
     t = st.t
     k = check_k(k, t)
@@ -242,7 +252,7 @@ def variance(
     if kind == "crs":
         if not replace:
             if not (isinstance(probs, str) and probs == "uniform"):
-                raise ValueError("crs without replacement supports only probs='uniform'")
+                raise OptionError("crs without replacement supports only probs='uniform'")
             return (t * st.S2 - st.C2) / k * fpc
         p = sampling_probabilities(st.X, st.Y, probs)
         return crs_variance(st, p, k)
@@ -255,7 +265,7 @@ def variance(
             elif probs == "x":
                 q = bernoulli_probabilities(np.sqrt(st.u), k)
             else:
-                raise ValueError(f"unknown probabilities {probs!r}")
+                raise OptionError(f"unknown probabilities {probs!r}")
         else:
             q = np.asarray(to_numpy(probs), dtype=np.float64)
         return bernoulli_variance(st, q)
@@ -269,7 +279,7 @@ def variance(
     elif deterministic == "authors":
         d = wta_deterministic_size(p, k, rule="authors")
     else:
-        raise ValueError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
+        raise OptionError(f"deterministic must be 'optimal', 'authors' or an int, got {deterministic!r}")
     if not 0 <= d < vs.size:
-        raise ValueError(f"|D|={d} out of range [0, {vs.size})")
+        raise OptionError(f"|D|={d} out of range [0, {vs.size})")
     return float(vs[d])

@@ -19,10 +19,12 @@ import numpy as np
 
 from .._progress import cache_dir
 from ..errors import BackendUnavailableError
+from ..backend import public
 
 __all__ = ["tune", "cache_path", "measure_pair"]
 
 
+@public
 def cache_path() -> str:
     return os.path.join(cache_dir("runlora"), "autotune.json")
 
@@ -54,6 +56,7 @@ def _device_name(backend: str) -> str:
     return f"cpu:{platform.machine()}:{os.cpu_count()}"
 
 
+@public
 def measure_pair(fwd, bwd, m, n, r, t, *, dtype="float32", backend="torch", repeats=5, seed=0, flags=None) -> float:
     """Median seconds of one forward + backward of the pair on random data."""
     flags = flags or {}
@@ -108,6 +111,7 @@ def measure_pair(fwd, bwd, m, n, r, t, *, dtype="float32", backend="torch", repe
     return statistics.median(times)
 
 
+@public
 def tune(p, *, dtype="float32", backend=None, cache=True, repeats=5) -> None:
     """Measure the plan's candidates at its token count; set ``p.segments``/``p.measured``."""
     from .plan import Segment

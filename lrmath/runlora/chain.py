@@ -18,16 +18,21 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
-from ..errors import ShapeError
+import numpy as np
+
+from ..errors import ArgumentTypeError, ShapeError, SizeLimitError
+from ..backend import public
 
 __all__ = ["ChainOrder", "matmul_flops", "orders", "best_order", "num_orders"]
 
 
+@public
 def matmul_flops(p, q, r):
     """FLOPs of a ``(p, q) @ (q, r)`` product: ``2 p q r`` (one multiply and one add per term)."""
     return 2 * p * q * r
 
 
+@public(methods=False)
 @dataclass(frozen=True)
 class ChainOrder:
     """One parenthesisation of a matrix chain.
@@ -57,16 +62,25 @@ class ChainOrder:
         return f"ChainOrder({self.expr}, flops={self.flops})"
 
 
+MAX_FACTORS = 12  # orders() enumerates every tree: Catalan(11) = 58,786 orders at most
+
+
 def _check_dims(dims: Sequence) -> tuple:
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__"):
+        raise ArgumentTypeError(f"dims must be a sequence of sizes, got {dims!r}")
+    if getattr(dims, "ndim", 1) != 1:
+        raise ShapeError(f"dims must be one-dimensional, got shape {getattr(dims, 'shape', None)}")
     dims = tuple(dims)
     if len(dims) < 2:
         raise ShapeError(f"a chain needs at least 2 dims (one matrix), got dims={dims!r}")
+    if len(dims) - 1 > MAX_FACTORS:
+        raise SizeLimitError(f"a chain of {len(dims) - 1} matrices has too many association orders to list (limit {MAX_FACTORS} matrices)")
     for d in dims:
-        if isinstance(d, bool):
-            raise ShapeError(f"chain dims must be positive sizes, got {d!r} in {dims!r}")
-        if isinstance(d, int) and d < 1:
+        if isinstance(d, (bool, np.bool_)) or not (isinstance(d, (int, np.integer)) or hasattr(d, "terms")):
+            raise ShapeError(f"chain dims must be positive integer sizes (or symbolic Poly sizes), got {d!r} in {dims!r}")
+        if isinstance(d, (int, np.integer)) and d < 1:
             raise ShapeError(f"chain dims must be positive, got {d} in {dims!r}")
-    return dims
+    return tuple(int(d) if isinstance(d, np.integer) else d for d in dims)
 
 
 @lru_cache(maxsize=None)
@@ -104,11 +118,20 @@ def _evaluate(tree, dims, steps: list):
     return p, r
 
 
+@public
 def num_orders(k: int) -> int:
     """Number of parenthesisations of a chain of ``k`` matrices (Catalan number C(k-1))."""
-    return len(_trees(0, k - 1)) if k >= 1 else 0
+    import math
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ArgumentTypeError(f"k must be an integer, got {k!r}")
+    k = int(k)
+    if k > 10_000:
+        raise SizeLimitError(f"k={k}: the Catalan number of a chain this long has thousands of digits (limit 10000)")
+    return math.comb(2 * (k - 1), k - 1) // k if k >= 1 else 0  # closed form: no enumeration
 
 
+@public
 def orders(dims: Sequence, names: Sequence[str] | None = None) -> list[ChainOrder]:
     """Every association order of the chain with shapes ``(dims[i], dims[i+1])``.
 
@@ -142,6 +165,7 @@ def orders(dims: Sequence, names: Sequence[str] | None = None) -> list[ChainOrde
     return out
 
 
+@public
 def best_order(dims: Sequence[int], names: Sequence[str] | None = None) -> ChainOrder:
     """The order with the fewest FLOPs (ties: the first in :func:`orders`' order).
 

@@ -21,11 +21,16 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Mapping
 
+import numpy as np
+from ..errors import OptionError, ArgumentTypeError
+from ..backend import public
+
 __all__ = ["Poly", "SYMBOLS", "T", "M", "N", "R"]
 
 SYMBOLS = ("t", "m", "n", "r")
 
 
+@public(methods=False)
 class Poly:
     """Polynomial with integer coefficients in the symbols ``t, m, n, r`` (immutable)."""
 
@@ -62,7 +67,7 @@ class Poly:
             return x
         if isinstance(x, int):
             return Poly.const(x)
-        raise TypeError(f"cannot combine Poly with {type(x).__name__}")
+        raise ArgumentTypeError(f"cannot combine Poly with {type(x).__name__}")
 
     def __add__(self, other):
         o = self._lift(other)
@@ -95,7 +100,12 @@ class Poly:
 
     def __call__(self, t=0, m=0, n=0, r=0):
         """Evaluate at integer (or Fraction) sizes; exact."""
+        from fractions import Fraction
+
         vals = (t, m, n, r)
+        for name, v in zip(SYMBOLS, vals):
+            if isinstance(v, bool) or not isinstance(v, (int, Fraction, np.integer)):
+                raise ArgumentTypeError(f"Poly size {name} must be an integer or a Fraction, got {v!r}")
         total = 0
         for k, c in self.terms.items():
             term = c
@@ -118,7 +128,7 @@ class Poly:
             elif k[0] == 1:
                 c1[(0,) + k[1:]] = v
             else:
-                raise ValueError(f"{self} is not affine in t")
+                raise OptionError(f"{self} is not affine in t")
         return Poly(c0), Poly(c1)
 
     def affine(self, m: int, n: int, r: int) -> tuple[int, int]:
@@ -155,5 +165,5 @@ def fit_affine(samples) -> tuple[Fraction, Fraction]:
     a = v0 - b * t0
     for t, v in samples[2:]:
         if a + b * t != v:
-            raise ValueError("samples are not on one line")
+            raise OptionError("samples are not on one line")
     return a, b

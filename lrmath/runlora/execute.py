@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import array_namespace
-from ..errors import ShapeError
+from ..backend import array_namespace, public
+from ..errors import OptionError, ShapeError
 
 __all__ = ["ArrayOps", "CountingOps", "run_forward", "run_backward", "run_pair"]
 
 
+@public(methods=False)
 class ArrayOps:
     """The six step operations written once against the array API."""
 
@@ -64,6 +65,7 @@ def _itemsize(dtype) -> int:
     return item
 
 
+@public(methods=False)
 class CountingOps:
     """Wraps an ops object; counts FLOPs and bytes from the shapes of the actual operands.
 
@@ -157,6 +159,7 @@ def _ops(xp, s, count):
     return CountingOps(ops) if count else ops
 
 
+@public
 def run_forward(graph, inputs: dict, s: float, *, keep=(), ops=None):
     """Execute a forward graph.
 
@@ -189,6 +192,7 @@ def run_forward(graph, inputs: dict, s: float, *, keep=(), ops=None):
     return out["Y"], saved
 
 
+@public
 def run_backward(graph, inputs: dict, saved: dict, s: float, *, ops=None) -> dict:
     """Execute a backward graph; ``inputs`` as for the forward plus ``dY`` (t, n).
 
@@ -200,11 +204,12 @@ def run_backward(graph, inputs: dict, saved: dict, s: float, *, ops=None) -> dic
     env = dict(inputs)
     for key in graph.saved:
         if key not in saved:
-            raise KeyError(f"backward {graph.name} needs the saved activation {key!r}")
+            raise OptionError(f"backward {graph.name} needs the saved activation {key!r}")
         env["saved:" + key] = saved[key]
     return _run(graph, env, ops)
 
 
+@public
 def run_pair(fwd, bwd, inputs: dict, s: float, *, count: bool = False) -> tuple[Any, dict, Any]:
     """Forward then backward; with ``count`` returns the two :class:`CountingOps` too."""
     xp = array_namespace(inputs["X"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from ..backend import public
 
 __all__ = ["TorchOps", "run_program", "live_steps"]
 
@@ -45,6 +46,7 @@ class TorchOps:
         return x.sum(0)
 
 
+@public
 def live_steps(graph, outputs) -> list:
     """Steps needed for ``outputs`` (dead-code elimination, e.g. ``db`` for a frozen bias)."""
     need = {graph.outputs[o][0] for o in outputs}

@@ -46,6 +46,8 @@ from typing import Any
 
 from .chain import orders
 from .costs import M, N, Poly, R, T
+from ..errors import OptionError
+from ..backend import public
 
 __all__ = [
     "Step",
@@ -89,7 +91,7 @@ def shape(node) -> tuple:
         return s1 if len(s1) >= len(s2) else s2
     if k == "C":
         return (shape(node[1])[1],)
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 def numel(node) -> Poly:
@@ -112,7 +114,7 @@ def transpose(node):
         return ("A", transpose(node[1]), transpose(node[2]), node[3])
     if k == "E":
         return ("E", transpose(node[1]), transpose(node[2]))
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 @lru_cache(maxsize=None)
@@ -132,7 +134,7 @@ def text(node) -> str:
         return f"({text(node[1])}∘{text(node[2])})"
     if k == "C":
         return f"colsum({text(node[1])})"
-    raise ValueError(node)
+    raise OptionError(node)
 
 
 @lru_cache(maxsize=None)
@@ -158,6 +160,7 @@ def canonical(node) -> tuple[str, bool]:
 
 
 # ----------------------------------------------------------------------------- programs
+@public(methods=False)
 @dataclass(frozen=True)
 class Step:
     """One executed operation.
@@ -197,6 +200,7 @@ def _step_flops(op, shp, inner_dim, alpha) -> Poly:
     return size if op != "colsum" else size * T
 
 
+@public(methods=False)
 @dataclass
 class Graph:
     """A forward or backward program with its exact costs (see :mod:`lrmath.runlora.costs`).
@@ -318,7 +322,7 @@ def _step_text(s: Step) -> str:
         return f"{arg(0)} ∘ {arg(1)}"
     if s.op == "colsum":
         return f"colsum({arg(0)})"
-    raise ValueError(s.op)
+    raise OptionError(s.op)
 
 
 class _Builder:
@@ -362,7 +366,7 @@ class _Builder:
             first, second, fused = cnode[1], cnode[2], cnode[3]
             if fused:
                 if second[0] != "P":
-                    raise ValueError("fused accumulation needs a product")
+                    raise OptionError("fused accumulation needs a product")
                 args = (self.emit(first), self.emit(second[1]), self.emit(second[2]))
                 op, alpha = "addmm", second[3]
                 inner = shape(second[1])[1]
@@ -376,7 +380,7 @@ class _Builder:
             args = (self.emit(cnode[1]),)
             op, alpha = "colsum", False
         else:
-            raise ValueError(cnode)
+            raise OptionError(cnode)
         out = f"%{len(self.steps)}"
         self.steps.append(Step(op, out, args, alpha, key, shape(cnode), inner))
         self.cache[key] = (out, flip)
@@ -608,6 +612,7 @@ def _signature(steps, outputs, saved):
     return (tuple((s.op, s.args, s.alpha, s.key) for s in steps), tuple(sorted(outputs.items())), tuple(sorted(saved)))
 
 
+@public(methods=False)
 @dataclass
 class GraphSpace:
     """All distinct forward and backward graphs for one set of flags."""
@@ -665,6 +670,7 @@ class GraphSpace:
                 f"{len(self.forward)} forward, {len(self.backward)} backward graphs)")
 
 
+@public
 def graph_space(x_grad: bool = True, w_grad: bool = False, bias: bool = False, dropout: bool = False) -> GraphSpace:
     """Every distinct forward and backward graph for these flags (generated once, then cached).
 

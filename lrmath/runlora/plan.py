@@ -11,12 +11,13 @@ Math layout throughout: ``X`` (t, m), ``W`` (m, n), ``A`` (m, r), ``B`` (r, n).
 from __future__ import annotations
 
 import math
+import numpy as np
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from ..backend import check_positive_int
-from ..errors import RankError
+from ..backend import check_bool, check_choice, check_int, check_positive_int, public, require_module
+from ..errors import BackendUnavailableError, OptionError, RankError
 from .costs import Poly
 from .graphs import PAPER_BACKWARD, PAPER_FORWARD, PEFT, Graph, GraphSpace, graph_space
 
@@ -26,9 +27,12 @@ _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 _OBJECTIVES = ("flops", "time", "memory")
 
 
+@public
 def itemsize_of(dtype: Any) -> int:
     """Bytes per element of a float dtype given as a string, NumPy, torch or ml_dtypes dtype."""
-    name = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
+    if isinstance(dtype, type) and issubclass(dtype, np.generic):  # np.float16 (the scalar type)
+        dtype = np.dtype(dtype)
+    name = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1] if isinstance(dtype, str) or hasattr(dtype, "name") or type(dtype).__module__.startswith("torch") else None
     if name not in _ITEMSIZE:
         from ..errors import DTypeError
 
@@ -36,6 +40,7 @@ def itemsize_of(dtype: Any) -> int:
     return _ITEMSIZE[name]
 
 
+@public(methods=False)
 @dataclass(frozen=True)
 class Choice:
     """A forward/backward pair with its exact costs (polynomials in t, m, n, r)."""
@@ -55,6 +60,7 @@ class Choice:
                 "bytes_moved": self.bytes_moved(t, m, n, r)}
 
 
+@public(methods=False)
 @dataclass(frozen=True)
 class Selection:
     """The pair chosen for one token count, with its costs as *numbers* at that size.
@@ -101,6 +107,7 @@ class Selection:
                 f"flops={self.flops:,}, saved_bytes={self.saved_bytes:,}, bytes_moved={self.bytes_moved:,})")
 
 
+@public(methods=False)
 @dataclass
 class Segment:
     """``choice`` is optimal for ``t_from <= t <= t_to`` (integers; ``t_to`` None = no end).
@@ -115,6 +122,7 @@ class Segment:
     crossing: Fraction | None
 
 
+@public(methods=False)
 @dataclass
 class Plan:
     """The result of :func:`plan`.
@@ -136,6 +144,8 @@ class Plan:
     front : list of Choice
         Pareto front of FLOPs vs saved bytes at ``reference_tokens``.
     reference_tokens : int
+        ``tokens``, or 4096 when the plan covers every t (where ``choice``, the front and
+        ``objective="time"`` are evaluated).
     measured : dict
         For ``objective="time"``: seconds per candidate name.
     """
@@ -183,7 +193,7 @@ class Plan:
         for seg in self.segments:
             if tokens >= seg.t_from and (seg.t_to is None or tokens <= seg.t_to):
                 return Selection.of(seg.choice, tokens, self.m, self.n, self.r)
-        raise ValueError(f"tokens={tokens} is outside the planned range (memory budget?)")
+        raise OptionError(f"tokens={tokens} is outside the planned range (memory budget?)")
 
     def gain_over_peft(self, tokens: int | None = None) -> dict:
         """Predicted ratios PEFT / chosen for FLOPs, saved bytes and bytes moved at ``tokens``."""
@@ -316,6 +326,7 @@ def _envelope(cands, value, t_max=None):
     return segs
 
 
+@public
 def peft_pair(space: GraphSpace) -> tuple[Graph, Graph]:
     """The forward/backward graphs PEFT's LoraLayer runs under autograd (see graphs.PEFT)."""
     f = space.find("forward", **PEFT["forward"])
@@ -330,11 +341,28 @@ def peft_pair(space: GraphSpace) -> tuple[Graph, Graph]:
     return f[0], b
 
 
+_MAX_DIM = 1 << 40  # sizes beyond this overflow nothing here but are surely a mistake
+_TIME_BACKENDS = ("numpy", "torch", "cuda", "torch:cuda")
+
+
+def _check_time_backend(backend):
+    """``objective='time'`` measures on a real backend: it must exist here (else BackendUnavailableError)."""
+    if backend is None:
+        backend = "torch"
+    check_choice(backend, "backend", _TIME_BACKENDS)
+    if backend != "numpy":
+        torch = require_module("torch", "objective='time' on backend " + repr(backend), extra="torch")
+        if backend.endswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"backend {backend!r} needs a CUDA GPU, and torch sees none")
+    return backend
+
+
 def _choice(space, f, b, itemsize) -> Choice:
     return Choice(f, b, f.flops + b.flops, space.saved_bytes(f, b, itemsize),
                   f.bytes_moved(itemsize) + b.bytes_moved(itemsize))
 
 
+@public
 def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "float32", x_grad: bool = True,
          w_grad: bool = False, bias: bool = False, dropout: bool = False, objective: str = "flops",
          memory_budget: int | None = None, backend: Any = None, cache: bool = True) -> Plan:
@@ -372,19 +400,21 @@ def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "flo
     RankError
         If ``r < 1`` or ``r > min(m, n)`` (a rank-r update of a smaller matrix is not low-rank).
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise RankError(f"rank r must be an int, got {r!r}")
+    m = check_positive_int(m, "m", maximum=_MAX_DIM)
+    n = check_positive_int(n, "n", maximum=_MAX_DIM)
+    r = check_int(r, "rank r", error=RankError)
     if r < 1 or r > min(m, n):
         raise RankError(f"rank r={r} must satisfy 1 <= r <= min(m, n) = {min(m, n)} for a ({m}, {n}) weight")
     if tokens is not None:
-        tokens = check_positive_int(tokens, "tokens")
-    if objective not in _OBJECTIVES:
-        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
-    if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"memory_budget must be positive bytes, got {memory_budget}")
+        tokens = check_positive_int(tokens, "tokens", maximum=_MAX_DIM)
+    check_choice(objective, "objective", _OBJECTIVES)
+    if memory_budget is not None:
+        memory_budget = check_positive_int(memory_budget, "memory_budget")
+    x_grad, w_grad, bias, dropout, cache = (check_bool(v, k) for k, v in
+                                            (("x_grad", x_grad), ("w_grad", w_grad), ("bias", bias), ("dropout", dropout), ("cache", cache)))
     item = itemsize_of(dtype)
+    if objective == "time":
+        backend = _check_time_backend(backend)
     space = graph_space(bool(x_grad), bool(w_grad), bool(bias), bool(dropout))
     flags = {"x_grad": bool(x_grad), "w_grad": bool(w_grad), "bias": bool(bias), "dropout": bool(dropout)}
 
@@ -428,13 +458,13 @@ def plan(m: int, n: int, r: int, *, tokens: int | None = None, dtype: Any = "flo
     if tokens is not None:
         feas = [c for c in cands if tmax(c) is None or tokens <= tmax(c)]
         if not feas:
-            raise ValueError(f"no LoRA graph saves at most {memory_budget} bytes at t={tokens}")
+            raise OptionError(f"no LoRA graph saves at most {memory_budget} bytes at t={tokens}")
         best = min(feas, key=lambda c: tuple(a + b * tokens for a, b in val(c)))
         segs = [Segment(tokens, tokens, best, None)]
     else:
         segs = [Segment(a, b, c, x) for a, b, c, x in _envelope(cands, val, tmax if memory_budget else None)]
         if not segs:
-            raise ValueError(f"no LoRA graph saves at most {memory_budget} bytes for any t >= 1")
+            raise OptionError(f"no LoRA graph saves at most {memory_budget} bytes for any t >= 1")
     ref_t = tokens or 4096
     pf, pb = peft_pair(space)
     peft = _choice(space, pf, pb, item)
@@ -462,6 +492,7 @@ def _paper_best(space, item, m, n, r, t) -> Choice | None:
     return best
 
 
+@public
 def paper_graphs(space: GraphSpace, forward: str, backward: str) -> tuple[Graph, Graph]:
     """Our graphs for the paper's ``forwardK``/``backwardK`` names (X saved, XA recomputed).
 

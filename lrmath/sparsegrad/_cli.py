@@ -48,8 +48,13 @@ def _args(parser):
 
 
 def _run(args, ctx):
-    if args.steps < 2:
-        raise SystemExit("--steps must be >= 2 (fit and held-out steps)")
+    from ..backend import check_float, check_int
+
+    check_int(args.steps, "--steps (fit and held-out steps)", minimum=2, maximum=10_000)
+    for b in args.blocks or ():
+        check_int(b, "--blocks", minimum=0, maximum=5)
+    check_float(args.density, "--density", minimum=0.0, maximum=1.0, min_open=True)
+    check_int(args.pairs, "--pairs", minimum=1, maximum=1024)
     return _study(ctx, args.steps, args.blocks, args.density, args.pairs)
 
 

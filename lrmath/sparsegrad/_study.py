@@ -18,6 +18,7 @@ import numpy as np
 from .analysis import energy_at_density
 from .bases import GramAccumulator, basis, transform
 from .select import IndexSelector
+from ..errors import OptionError
 
 __all__ = ["mlp_layer_names", "capture_mlp_grads", "energy_study", "STUDY_BASES"]
 
@@ -63,7 +64,7 @@ def energy_study(grads: Mapping[str, Sequence[np.ndarray]], *, density: float = 
         S = len(gl)
         h = held_out if held_out is not None else max(1, S // 4)
         if S < 2 or not (1 <= h < S):
-            raise ValueError(f"{name}: need at least one fit and one held-out step, got {S} steps and held_out={h}")
+            raise OptionError(f"{name}: need at least one fit and one held-out step, got {S} steps and held_out={h}")
         fit, test = gl[: S - h], gl[S - h :]
         n, m = gl[0].shape
         for b in bases:

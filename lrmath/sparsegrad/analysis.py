@@ -14,9 +14,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..backend import check_array, to_numpy
+from ..backend import check_array, public, to_numpy
 from .bases import basis, transform
 from .select import k_for_density
+from ..errors import OptionError
 
 __all__ = [
     "energy_curve",
@@ -34,6 +35,7 @@ def _sorted_energy(Gt) -> np.ndarray:
     return np.sort(a * a)[::-1]
 
 
+@public
 def energy_curve(Gt) -> np.ndarray:
     """``E(k)`` for ``k = 1..n m`` (float64, non-decreasing, ends at 1; all zeros for G~ = 0)."""
     e = _sorted_energy(Gt)
@@ -43,6 +45,7 @@ def energy_curve(Gt) -> np.ndarray:
     return np.cumsum(e) / tot
 
 
+@public
 def energy_at_density(Gt, density: float) -> float:
     """Share of ``||G~||_F^2`` held by the top ``round(density n m)`` entries."""
     e = _sorted_energy(Gt)
@@ -51,11 +54,12 @@ def energy_at_density(Gt, density: float) -> float:
     return float(e[:k].sum() / tot) if tot > 0 else 0.0
 
 
+@public
 def density_for_energy(Gt, share: float) -> float:
     """Smallest fraction of entries whose top-magnitude subset keeps ``share`` of the energy."""
     share = float(share)
     if not (0.0 < share <= 1.0):
-        raise ValueError(f"share must be in (0, 1], got {share}")
+        raise OptionError(f"share must be in (0, 1], got {share}")
     c = energy_curve(Gt)
     if c[-1] == 0:
         return 0.0
@@ -63,6 +67,7 @@ def density_for_energy(Gt, share: float) -> float:
     return min(k, c.size) / c.size
 
 
+@public
 def magnitude_quantiles(Gt, qs=(0.5, 0.9, 0.99, 0.999, 1.0)) -> dict[float, float]:
     """Quantiles of ``|G~_ij| / rms(G~)`` (a heavy tail = a sparse gradient; iid Gaussian
     entries give 0.67, 1.64, 2.58, 3.29 at the first four)."""
@@ -72,6 +77,7 @@ def magnitude_quantiles(Gt, qs=(0.5, 0.9, 0.99, 0.999, 1.0)) -> dict[float, floa
     return {float(q): float(np.quantile(a, q) / rms) for q in qs}
 
 
+@public
 @dataclass
 class SparsityReport:
     """Energy kept per basis (rows) and gradient (columns), with a readable table."""
@@ -112,6 +118,7 @@ class SparsityReport:
         return "\n".join(out)
 
 
+@public
 def compare_bases(grads: Iterable, bases: Mapping[str, Any] | None = None, *, density: float = 0.01,
                   share: float = 0.9) -> SparsityReport:
     """Energy kept at ``density`` by the top entries of each gradient in each basis.

@@ -40,8 +40,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import ops
-from ..backend import array_namespace, as_compute, check_array, like, restore, to_numpy
-from ..errors import EmptyInputError, ShapeError
+from ..backend import array_namespace, as_compute, check_array, check_axis, check_squarable, like, public, restore, to_numpy
+from ..errors import (
+    EmptyInputError,
+    IndexRangeError,
+    OptionError,
+    ShapeError,
+)
 
 __all__ = [
     "BASIS_KINDS",
@@ -59,6 +64,7 @@ BASIS_KINDS = ("original", "dct", "hadamard", "random", "learned")
 _OPS_KIND = {"original": "identity", "identity": "identity", "dct": "dct", "hadamard": "hadamard", "random": "haar", "haar": "haar"}
 
 
+@public
 class LearnedBasis:
     """A dense orthogonal basis ``Q (n, n)`` (columns = basis vectors), same interface as
     :class:`lrmath.ops.OrthogonalOperator`.
@@ -83,7 +89,7 @@ class LearnedBasis:
             err = float(np.max(np.abs(Qn.T @ Qn - np.eye(n))))
             lim = 1e-4 if str(Q.dtype).endswith("float32") else 1e-8
             if err > lim * max(1.0, math.sqrt(n)):
-                raise ValueError(f"Q is not orthogonal: max |Q^T Q - I| = {err:.3g}")
+                raise OptionError(f"Q is not orthogonal: max |Q^T Q - I| = {err:.3g}")
         self.Q = Q
         self.n = n
         self.seed = 0
@@ -103,7 +109,7 @@ class LearnedBasis:
     def _along(self, x, axis, transpose):
         xp = check_array(x, "x", finite=False, nonempty=False)
         nd = len(x.shape)
-        ax = axis % nd
+        ax = check_axis(axis, nd)  # no modulo wrap: axis 2 of a 2-D array is an error
         if x.shape[ax] != self.n:
             raise ShapeError(f"basis of size {self.n} applied along axis {axis} of length {x.shape[ax]} (shape {tuple(x.shape)})")
         xp, xc, dt = as_compute(x, xp)
@@ -143,6 +149,7 @@ class LearnedBasis:
         return f"LearnedBasis(n={self.n}, dtype={str(self.Q.dtype).rsplit('.', 1)[-1]})"
 
 
+@public
 def basis(kind, n: int, seed: int = 0):
     """A fixed basis of size ``n``: ``'original'``, ``'dct'``, ``'hadamard'`` or ``'random'``.
 
@@ -157,9 +164,9 @@ def basis(kind, n: int, seed: int = 0):
             raise ShapeError(f"basis has size {kind.n}, needed {n}")
         return kind
     if kind == "learned":
-        raise ValueError("the learned basis is fitted from gradients: use GramAccumulator(...).bases() or learned_bases(grads)")
+        raise OptionError("the learned basis is fitted from gradients: use GramAccumulator(...).bases() or learned_bases(grads)")
     if kind not in _OPS_KIND:
-        raise ValueError(f"unknown basis {kind!r}; choose one of {BASIS_KINDS}")
+        raise OptionError(f"unknown basis {kind!r}; choose one of {BASIS_KINDS}")
     return ops.orthogonal(_OPS_KIND[kind], n, seed)
 
 
@@ -179,6 +186,7 @@ def _sym_eig_desc(A: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarr
     return np.maximum(w, 0.0), Q * s[None, :]
 
 
+@public
 class GramAccumulator:
     """Running Gram matrices of a layer's gradients, from which the learned basis comes.
 
@@ -208,7 +216,7 @@ class GramAccumulator:
         self.m = check_positive_int(m, "m")
         decay = float(decay)
         if not (0.0 < decay <= 1.0):
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
+            raise OptionError(f"decay must be in (0, 1], got {decay}")
         self.normalize = bool(normalize)
         self.decay = decay
         self.A = np.zeros((self.n, self.n), dtype=np.float64)
@@ -231,6 +239,7 @@ class GramAccumulator:
     def update(self, G) -> "GramAccumulator":
         """Add one gradient ``G (n, m)`` (any array kind; accumulated in float64 on the host)."""
         check_array(G, "G", shape=(self.n, self.m))
+        check_squarable(G, "G", terms=(self.n + self.m) * max(self.n, self.m))
         g = np.asarray(to_numpy(G), dtype=np.float64)
         return self._add(g @ g.T, g.T @ g)
 
@@ -239,6 +248,9 @@ class GramAccumulator:
         when the factor route is cheaper)."""
         check_array(dY, "dY", ndim=2, shape=(None, self.n))
         check_array(X, "X", ndim=2, shape=(dY.shape[0], self.m))
+        big = (int(dY.shape[0]) + self.n + self.m) ** 2
+        check_squarable(dY, "dY", terms=big)
+        check_squarable(X, "X", terms=big)
         d = np.asarray(to_numpy(dY), dtype=np.float64)
         x = np.asarray(to_numpy(X), dtype=np.float64)
         t, n, m = d.shape[0], self.n, self.m
@@ -268,6 +280,7 @@ class GramAccumulator:
         return f"GramAccumulator(n={self.n}, m={self.m}, steps={self.steps}, normalize={self.normalize}, decay={self.decay})"
 
 
+@public
 def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = 0.97, dtype=np.float32):
     """Learned ``(U, V)`` from an iterable of gradients ``G_s (n, m)`` (see :class:`GramAccumulator`)."""
     acc = None
@@ -281,6 +294,7 @@ def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = 0.9
     return acc.bases(dtype=dtype)
 
 
+@public
 def columns(Q, idx, ref=None):
     """Columns ``Q[:, idx]`` of a basis as an ``(n, len(idx))`` array like ``ref`` (NumPy default).
 
@@ -289,7 +303,7 @@ def columns(Q, idx, ref=None):
     """
     idx = np.asarray(to_numpy(idx)).astype(np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= Q.n):
-        raise IndexError(f"column index out of range for a basis of size {Q.n}")
+        raise IndexRangeError(f"column index out of range for a basis of size {Q.n}")
     if isinstance(Q, LearnedBasis):
         out = np.asarray(to_numpy(Q.Q))[:, idx]
     else:
@@ -303,6 +317,7 @@ def columns(Q, idx, ref=None):
     return xp.astype(like(out, ref), ref.dtype)
 
 
+@public
 def transform(G, U, V):
     """``G~ = U^T G V`` for ``G (n, m)`` (paper eq. 2). ``U``, ``V``: bases or kind names."""
     check_array(G, "G", ndim=2)
@@ -312,6 +327,7 @@ def transform(G, U, V):
     return U.apply_t(V.apply_t(G, axis=1), axis=0)
 
 
+@public
 def inverse_transform(Gt, U, V):
     """``G = U G~ V^T`` (inverse of :func:`transform`)."""
     check_array(Gt, "Gt", ndim=2)

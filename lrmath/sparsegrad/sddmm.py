@@ -29,8 +29,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import array_namespace, backend_name, check_array, check_positive_int, device_of, is_numpy, like, to_numpy
-from ..errors import ShapeError
+from ..backend import (
+    array_namespace,
+    backend_name,
+    check_array,
+    check_positive_int,
+    device_of,
+    is_numpy,
+    like,
+    public,
+    to_numpy,
+)
+from ..errors import OptionError, ShapeError
 from .bases import basis, columns
 from .select import check_indices, topk_of_values
 
@@ -51,6 +61,7 @@ def _split(idx: np.ndarray, m: int):
     return idx // m, idx % m
 
 
+@public
 def route_cost(t: int, idx, shape, *, gemm_speedup: float = GEMM_SPEEDUP, dense_cap: float = 8.0) -> dict:
     """Flop counts of both routes for ``t`` rows and flat ``idx`` into ``shape``, and the choice.
 
@@ -87,9 +98,10 @@ def _check_sampled_args(A, B, idx, shape, method: str):
         raise DTypeError(f"A and B must share a dtype, got {A.dtype} and {B.dtype}")
     idx = check_indices(idx, (n, m))
     if method not in ("auto", "sparse", "dense"):
-        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+        raise OptionError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
     return t, n, m, idx
 
+@public
 def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems: int = 1 << 22,
                     gemm_speedup: float = GEMM_SPEEDUP, dense_cap: float = 8.0):
     """Entries of ``A^T B`` at flat indices ``idx``: ``out[k] = sum_t A[t, r_k] B[t, c_k]``.
@@ -163,6 +175,7 @@ def _check_gradient_args(dY, X, U, V, idx):
     U, V = basis(U, n), basis(V, m)
     return n, m, U, V, check_indices(idx, (n, m))
 
+@public
 def sparse_gradient(dY, X, U, V, idx, *, method: str = "auto"):
     """Transformed weight gradient ``G~ = U^T (dY^T X) V`` at flat indices ``idx``, never forming
     the dense ``(n, m)`` gradient (paper eq. 2 evaluated at the index set).
@@ -192,6 +205,7 @@ def sparse_gradient(dY, X, U, V, idx, *, method: str = "auto"):
     return sampled_product(A, B, local, (I.size, J.size), method=method)
 
 
+@public
 def topk_product(A, B, k: int, *, block_rows: int | None = None):
     """Global top-``k`` entries of ``|A^T B|`` (``A (t, n)``, ``B (t, m)``) computed in blocks of
     rows, so only ``block_rows x m`` of the product exists at a time.
@@ -225,6 +239,7 @@ def topk_product(A, B, k: int, *, block_rows: int | None = None):
     return best_idx, best_val
 
 
+@public
 def to_sparse(values, idx, shape, format: str = "coo"):  # noqa: A002 - scipy's word
     """A sparse ``(n, m)`` matrix with ``values`` at flat ``idx``, in the library of ``values``.
 
@@ -233,7 +248,7 @@ def to_sparse(values, idx, shape, format: str = "coo"):  # noqa: A002 - scipy's 
     CSR tensor.
     """
     if format not in ("coo", "csr"):
-        raise ValueError(f"format must be 'coo' or 'csr', got {format!r}")
+        raise OptionError(f"format must be 'coo' or 'csr', got {format!r}")
     n, m = int(shape[0]), int(shape[1])
     idx = check_indices(idx, (n, m))
     if int(values.shape[0]) != idx.size or len(values.shape) != 1:
@@ -263,4 +278,4 @@ def to_sparse(values, idx, shape, format: str = "coo"):  # noqa: A002 - scipy's 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return coo.to_sparse_csr()
-    raise ValueError(f"no sparse format for arrays of {kind}; convert to NumPy, CuPy or torch")
+    raise OptionError(f"no sparse format for arrays of {kind}; convert to NumPy, CuPy or torch")

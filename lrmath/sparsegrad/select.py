@@ -24,8 +24,22 @@ import math
 
 import numpy as np
 
-from ..backend import array_namespace, check_array, check_positive_int, is_numpy, like, to_numpy
-from ..errors import ShapeError
+from ..backend import (
+    array_namespace,
+    check_array,
+    check_positive_int,
+    check_squarable,
+    is_numpy,
+    like,
+    public,
+    to_numpy,
+)
+from ..errors import (
+    ArgumentTypeError,
+    IndexRangeError,
+    OptionError,
+    ShapeError,
+)
 
 __all__ = [
     "k_for_density",
@@ -39,31 +53,34 @@ __all__ = [
 ]
 
 
+@public
 def k_for_density(shape, density: float) -> int:
     """Number of entries ``max(1, round(density * n * m))`` for a density in (0, 1]."""
     density = float(density)
     if not (0.0 < density <= 1.0) or math.isnan(density):
-        raise ValueError(f"density must be in (0, 1], got {density}")
+        raise OptionError(f"density must be in (0, 1], got {density}")
     size = int(np.prod(shape))
     return max(1, min(size, int(round(density * size))))
 
 
+@public
 def check_indices(idx, shape) -> np.ndarray:
     """Validate a flat index set for ``shape``: 1-D integers, in range, strictly increasing."""
     a = np.asarray(to_numpy(idx))
     if a.ndim != 1:
         raise ShapeError(f"index set must be 1-D flat indices, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"index set must hold integers, got {a.dtype}")
+        raise ArgumentTypeError(f"index set must hold integers, got {a.dtype}")
     a = a.astype(np.int64, copy=False)
     size = int(np.prod(shape))
     if a.size and (a[0] < 0 or a.max() >= size or a.min() < 0):
-        raise IndexError(f"flat index out of range for shape {tuple(shape)}: min {a.min()}, max {a.max()}")
+        raise IndexRangeError(f"flat index out of range for shape {tuple(shape)}: min {a.min()}, max {a.max()}")
     if a.size > 1 and np.any(np.diff(a) <= 0):
-        raise ValueError("index set must be sorted ascending without duplicates")
+        raise OptionError("index set must be sorted ascending without duplicates")
     return a
 
 
+@public
 def topk_of_values(idx: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Positions (into ``idx``) of the ``k`` best ``score`` entries with the tie rule
     (higher score, then lower ``idx``), returned in ascending ``idx`` order."""
@@ -83,6 +100,7 @@ def _topk_flat_numpy(a: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
+@public
 def topk_global(Gt, k: int):
     """Flat indices (sorted) of the ``k`` largest ``|Gt|`` entries of ``Gt (n, m)``.
 
@@ -99,6 +117,7 @@ def topk_global(Gt, k: int):
     return xp.astype(xp.sort(order), xp.int64)
 
 
+@public
 def topk_per_row(Gt, k: int):
     """Flat indices (sorted) of the ``k`` largest ``|Gt|`` entries in each row of ``Gt (n, m)``."""
     xp = check_array(Gt, "Gt", ndim=2)
@@ -111,12 +130,13 @@ def topk_per_row(Gt, k: int):
     return xp.reshape(xp.astype(order, xp.int64) + base, (-1,))
 
 
+@public
 def threshold_select(Gt, tau: float):
     """Flat indices (sorted) of the entries with ``|Gt| >= tau``."""
     xp = check_array(Gt, "Gt", ndim=2)
     tau = float(tau)
     if not tau >= 0.0:
-        raise ValueError(f"threshold must be >= 0, got {tau}")
+        raise OptionError(f"threshold must be >= 0, got {tau}")
     a = xp.reshape(xp.abs(Gt), (-1,))
     (idx,) = xp.nonzero(a >= tau)
     return xp.astype(idx, xp.int64)
@@ -128,6 +148,7 @@ def _dev(x):
     return {} if backend_name(x) == "numpy" else {"device": device_of(x)}
 
 
+@public
 def carry_over(values, old_idx, new_idx):
     """State for ``new_idx`` from state ``values`` on ``old_idx`` (kept entries keep their
     value, new entries start at zero). ``values`` may have leading batch axes; the last
@@ -149,6 +170,7 @@ def carry_over(values, old_idx, new_idx):
     return out
 
 
+@public
 class IndexSelector:
     """A fixed index set of ``k`` entries, chosen from accumulated statistics and refreshed
     every ``refresh_every`` steps.
@@ -179,12 +201,12 @@ class IndexSelector:
             raise ShapeError(f"shape must be (n, m), got {shape}")
         self.shape = (check_positive_int(shape[0], "n"), check_positive_int(shape[1], "m"))
         if (density is None) == (k is None):
-            raise ValueError("give exactly one of density and k")
+            raise OptionError("give exactly one of density and k")
         self.k = k_for_density(self.shape, density) if k is None else check_positive_int(k, "k", maximum=self.shape[0] * self.shape[1])
         self.refresh_every = check_positive_int(refresh_every, "refresh_every")
         decay = float(decay)
         if not (0.0 < decay <= 1.0):
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
+            raise OptionError(f"decay must be in (0, 1], got {decay}")
         self.decay = decay
         self.pool = None if pool is None else check_positive_int(pool, "pool")
         self.cand = np.zeros(0, dtype=np.int64)
@@ -203,6 +225,7 @@ class IndexSelector:
         (e.g. from :func:`lrmath.sparsegrad.topk_product`)."""
         if Gt is not None:
             check_array(Gt, "Gt", shape=self.shape)
+            check_squarable(Gt, "Gt")
             a = np.asarray(to_numpy(Gt), dtype=np.float64).ravel()
             if self.pool is None:
                 idx = val = None
@@ -211,7 +234,7 @@ class IndexSelector:
                 val = a[idx]
         else:
             if indices is None or values is None:
-                raise ValueError("update needs Gt or both indices and values")
+                raise OptionError("update needs Gt or both indices and values")
             idx = check_indices(indices, self.shape)
             val = np.asarray(to_numpy(values), dtype=np.float64).ravel()
             if val.size != idx.size:
@@ -220,6 +243,7 @@ class IndexSelector:
                 from ..errors import NonFiniteError
 
                 raise NonFiniteError("values hold NaN/Inf")
+            check_squarable(val, "values")
         if self.pool is None:  # exact dense statistics: one score per entry
             if self._dense is None:
                 self._dense = np.zeros(self.shape[0] * self.shape[1])

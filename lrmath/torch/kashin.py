@@ -20,6 +20,8 @@ from torch import nn
 from ..errors import FormatError, ShapeError
 from ..kashin import format as fmt
 from ..kashin.quantize import KashinQuantized, load_entries, quantize
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["KashinLinear", "quantize_model", "load_quantized", "save_quantized", "DEFAULT_EXCLUDE"]
 
@@ -51,6 +53,7 @@ class _QuantizedMatmul(torch.autograd.Function):
         return ctx.layer._rlinear(gy), None
 
 
+@public
 class KashinLinear(nn.Module):
     """A frozen linear layer with a Kashin-quantized weight (FORMAT.md buffers).
 
@@ -165,6 +168,7 @@ class KashinLinear(nn.Module):
                 res += g2[:, r0:r1] @ self._w_rows(r0, r1, dt)
         return res.reshape(*g.shape[:-1], inn).to(g.dtype)
 
+    @layer_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
@@ -180,6 +184,7 @@ def _match(name: str, patterns: Iterable[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
 
 
+@public
 def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = DEFAULT_EXCLUDE, **kw) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`KashinLinear`.
@@ -213,6 +218,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+@public
 def save_quantized(model: nn.Module, path) -> None:
     """Write ``model`` as a quantized checkpoint: one FORMAT.md entry ``<module>.weight`` per
     :class:`KashinLinear`, every other state-dict tensor plain (atomic write)."""
@@ -228,6 +234,7 @@ def save_quantized(model: nn.Module, path) -> None:
     fmt.write_checkpoint(path, entries, plain)
 
 
+@public
 def load_quantized(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
     """Load a quantized checkpoint (from :func:`save_quantized` or ``lrmath quantize``) into ``model``.
 

@@ -37,8 +37,10 @@ import torch
 from torch import nn
 
 from .. import lotr as _lotr
-from ..errors import RankError, ShapeError
 from ._compile import constant, handle, is_compiling, lookup
+from ..errors import OptionError, RankError, ShapeError
+from ..backend import check_int, public
+from ._inputs import layer_forward
 
 __all__ = ["LoTR", "LoTRLinear", "apply_lotr", "merge_lotr", "lotr_parameters"]
 
@@ -52,7 +54,7 @@ def _orthonormal(seed: int, stream: int, rows: int, cols: int) -> np.ndarray:
 
 def _lotr_forward(x2, A, Gl, B, scale, plan):
     """``(Y (t, out), keys, saved tensors)`` of one layer's planned branch."""
-    Y, saved = _lotr.forward(x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, return_saved=True,
+    Y, saved = _lotr.forward.__wrapped__(x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, return_saved=True,
                              validate=False)
     # memo entries are key -> (tensor, orientation flag); tensors go through save_for_backward
     items = [("layers", k, v) for k, v in saved["layers"][0].items()] + [("shared", k, v) for k, v in saved["shared"].items()]
@@ -63,7 +65,7 @@ def _lotr_backward(dy, x2, A, Gl, B, keys, vals, scale, plan):
     saved = {"layers": [{}], "shared": {}}
     for (where, k, flag), v in zip(keys, vals):
         (saved["layers"][0] if where == "layers" else saved["shared"])[k] = (v, flag)
-    g = _lotr.backward(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, saved=saved,
+    g = _lotr.backward.__wrapped__(dy.unsqueeze(0), x2.unsqueeze(0), A, Gl.unsqueeze(0), B, scale=scale, plan=plan, saved=saved,
                        validate=False)
     return g.dX[0], g.dA, g.dG[0], g.dB
 
@@ -158,6 +160,7 @@ def _plan_handle(t, inn, out, ra, rb, planned):
     return -1 if p is None else handle(p)
 
 
+@public
 class LoTR(nn.Module):
     """Shared factors and per-layer cores of ``L`` LoTR-adapted linears of shape (out, in).
 
@@ -187,15 +190,17 @@ class LoTR(nn.Module):
     def __init__(self, in_features: int, out_features: int, n_layers: int, rank: int, *, rank_out: int | None = None,
                  scale: float | None = None, seed: int = 0, planned: bool | str = "auto", dtype=None, device=None):
         super().__init__()
-        ra = int(rank)
-        rb = ra if rank_out is None else int(rank_out)
+        ra = check_int(rank, "rank", error=RankError)
+        rb = ra if rank_out is None else check_int(rank_out, "rank_out", error=RankError)
+        for nm, v in (("n_layers", n_layers), ("in_features", in_features), ("out_features", out_features)):
+            check_int(v, nm, minimum=1)
         _lotr.check_ranks((ra, rb), (int(n_layers), int(in_features), int(out_features)))
         self.in_features, self.out_features, self.n_layers = int(in_features), int(out_features), int(n_layers)
         self.scale = float(1.0 / ra if scale is None else scale)
         if planned not in (True, False, "auto"):
-            raise ValueError(f"planned must be True, False or 'auto', got {planned!r}")
+            raise OptionError(f"planned must be True, False or 'auto', got {planned!r}")
         self.planned = planned
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         kw = {"dtype": dtype or torch.get_default_dtype(), "device": device}
         self.A = nn.Parameter(torch.empty(self.in_features, ra, **kw))
         self.B = nn.Parameter(torch.empty(self.out_features, rb, **kw))
@@ -236,8 +241,8 @@ class LoTR(nn.Module):
         if U.ndim != 3:
             raise ShapeError(f"updates must be (L, out, in), got shape {U.shape}")
         L, out, inn = U.shape
-        ra = int(rank)
-        rb = ra if rank_out is None else int(rank_out)
+        ra = check_int(rank, "rank", error=RankError)
+        rb = ra if rank_out is None else check_int(rank_out, "rank_out", error=RankError)
         dec = _lotr.tucker2(np.ascontiguousarray(U.transpose(0, 2, 1)), (ra, rb), max_iter=max_iter, tol=tol)
         if dtype is None and isinstance(updates, torch.Tensor) and updates.is_floating_point():
             dtype = updates.dtype
@@ -294,6 +299,7 @@ class LoTR(nn.Module):
                 f"scale={self.scale:.4g}, params={self.num_parameters():,}, planned={self.planned}")
 
 
+@public
 class LoTRLinear(nn.Module):
     """A frozen ``nn.Linear`` plus core ``index`` of a shared :class:`LoTR`.
 
@@ -327,6 +333,7 @@ class LoTRLinear(nn.Module):
     def bias(self):
         return self.base.bias
 
+    @layer_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged:
@@ -356,6 +363,7 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+@public
 def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int, *, rank_out: int | None = None,
                scale: float | None = None, init: str = "zeros", updates: Mapping[str, torch.Tensor] | None = None,
                group_by: str = "shape", seed: int = 0, freeze: bool = True, planned: bool | str = "auto",
@@ -400,14 +408,14 @@ def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int,
         ``rank`` exceeds a group's ``min(in, out)``.
     """
     if hasattr(model, "lotr_adapters"):
-        raise ValueError("model already has LoTR adapters (model.lotr_adapters); merge_lotr() first")
+        raise OptionError("model already has LoTR adapters (model.lotr_adapters); merge_lotr() first")
     if init not in ("zeros", "tucker"):
-        raise ValueError(f"init must be 'zeros' or 'tucker', got {init!r}")
+        raise OptionError(f"init must be 'zeros' or 'tucker', got {init!r}")
     if group_by not in ("shape", "name"):
-        raise ValueError(f"group_by must be 'shape' or 'name', got {group_by!r}")
+        raise OptionError(f"group_by must be 'shape' or 'name', got {group_by!r}")
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, target_modules)]
     if not found:
-        raise ValueError(f"no nn.Linear in the model matches target_modules={target_modules!r}")
+        raise OptionError(f"no nn.Linear in the model matches target_modules={target_modules!r}")
     groups: dict[str, list[tuple[str, nn.Linear]]] = {}
     for name, mod in found:
         key = f"{mod.out_features}x{mod.in_features}"
@@ -426,10 +434,10 @@ def apply_lotr(model: nn.Module, target_modules: str | Sequence[str], rank: int,
         w = base0.weight
         if init == "tucker":
             if updates is None:
-                raise ValueError("init='tucker' needs updates={name: Delta W (out, in)}")
+                raise OptionError("init='tucker' needs updates={name: Delta W (out, in)}")
             missing = [n for n, _ in members if n not in updates]
             if missing:
-                raise ValueError(f"updates lack layers {missing}")
+                raise OptionError(f"updates lack layers {missing}")
             stack = torch.stack([torch.as_tensor(updates[n]).detach().to("cpu", torch.float64) for n, _ in members])
             if tuple(stack.shape[1:]) != (base0.out_features, base0.in_features):
                 raise ShapeError(f"updates of group {key} have shape {tuple(stack.shape[1:])}, "
@@ -458,6 +466,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+@public
 @torch.no_grad()
 def merge_lotr(model: nn.Module) -> nn.Module:
     """Fold every LoTR update into its weight and restore plain ``nn.Linear`` layers; in place."""
@@ -470,8 +479,9 @@ def merge_lotr(model: nn.Module) -> nn.Module:
     return model
 
 
+@public
 def lotr_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     """The trainable LoTR parameters of a model prepared by :func:`apply_lotr`."""
     if not hasattr(model, "lotr_adapters"):
-        raise ValueError("model has no LoTR adapters; call apply_lotr first")
+        raise OptionError("model has no LoTR adapters; call apply_lotr first")
     return model.lotr_adapters.parameters()

@@ -46,6 +46,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import OptionError, ArgumentTypeError
+from ..backend import public
 
 __all__ = ["MiniLM", "mean_pool"]
 
@@ -75,6 +77,7 @@ _ACTIVATIONS = {
 }
 
 
+@public
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
     """Mean of token states over real tokens, optionally L2-normalised (sentence-transformers).
 
@@ -142,7 +145,7 @@ class _SelfAttention(nn.Module):
         d = c["hidden_size"]
         self.num_heads = c["num_attention_heads"]
         if d % self.num_heads:
-            raise ValueError(f"hidden_size {d} is not a multiple of num_attention_heads {self.num_heads}")
+            raise OptionError(f"hidden_size {d} is not a multiple of num_attention_heads {self.num_heads}")
         self.head_dim = d // self.num_heads
         self.query = nn.Linear(d, d)
         self.key = nn.Linear(d, d)
@@ -191,7 +194,7 @@ class _Intermediate(nn.Module):
         self.dense = nn.Linear(c["hidden_size"], c["intermediate_size"])
         act = c["hidden_act"]
         if act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {act!r}; known: {sorted(_ACTIVATIONS)}")
+            raise OptionError(f"unsupported hidden_act {act!r}; known: {sorted(_ACTIVATIONS)}")
         self.act = _ACTIVATIONS[act]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -230,6 +233,7 @@ class _Pooler(nn.Module):
         return torch.tanh(self.dense(h[:, 0]))
 
 
+@public
 class MiniLM(nn.Module):
     """BERT encoder with the checkpoint's module names (all-MiniLM-L6-v2 by default).
 
@@ -287,16 +291,16 @@ class MiniLM(nn.Module):
         Tensor, shape (b, s, hidden_size), in the parameters' dtype.
         """
         if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
+            raise OptionError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config["max_position_embeddings"]:
-            raise ValueError(
+            raise OptionError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"{self.config['max_position_embeddings']}"
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
-            raise ValueError(
+            raise OptionError(
                 f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
         h = self.embeddings(input_ids, token_type_ids)
@@ -320,7 +324,7 @@ class MiniLM(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return mean_pool(self.forward(input_ids, attention_mask, token_type_ids), attention_mask, normalize=normalize)
+        return mean_pool.__wrapped__(self.forward(input_ids, attention_mask, token_type_ids), attention_mask, normalize=normalize)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """BERT's [CLS] pooler output ``tanh(W_p h[:, 0] + b_p)``, shape (b, hidden_size)."""
@@ -367,7 +371,7 @@ class MiniLM(nn.Module):
         from ..errors import FormatError
 
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+            raise ArgumentTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         folder = Path(path) if path is not None else data.model_dir()
         cfg = data.config(folder)
         # build on the meta device (no random init of 12 M embedding entries), then adopt

@@ -34,9 +34,14 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..errors import ShapeError
-from ..randmm.estimators import DATA_INDEPENDENT, check_k, make_sketch
+from ..errors import ArgumentTypeError, OptionError, ShapeError
+from ..randmm.estimators import DATA_INDEPENDENT, check_k
+from ..randmm.estimators import make_sketch as _public_make_sketch
+
+make_sketch = _public_make_sketch.__wrapped__  # hot path inside forward: no NaN scan of activations per step
+from ..backend import check_int, public
 from ._compile import is_compiling
+from ._inputs import layer_forward
 
 __all__ = ["RandomizedLinear", "randomize", "LAYER_ESTIMATORS"]
 
@@ -186,6 +191,7 @@ def _op_grad(ctx, grads):
 _op_forward.register_autograd(_op_grad, setup_context=_op_setup)
 
 
+@public
 class RandomizedLinear(nn.Linear):
     """Drop-in ``nn.Linear`` with a sketched weight gradient (arXiv 2201.13195).
 
@@ -233,27 +239,27 @@ class RandomizedLinear(nn.Linear):
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         if estimator not in LAYER_ESTIMATORS:
-            raise ValueError(f"estimator {estimator!r} is not available in the layer; choose one of {LAYER_ESTIMATORS}")
+            raise OptionError(f"estimator {estimator!r} is not available in the layer; choose one of {LAYER_ESTIMATORS}")
         if probs not in ("x", "uniform"):
-            raise ValueError(f"probs={probs!r}: inside the layer dY is unknown when X is saved, so only 'x' or 'uniform' (decisions.md)")
+            raise OptionError(f"probs={probs!r}: inside the layer dY is unknown when X is saved, so only 'x' or 'uniform' (decisions.md)")
         if deterministic == "optimal":
-            raise ValueError("deterministic='optimal' needs dY; inside the layer use 'authors' or an int")
+            raise OptionError("deterministic='optimal' needs dY; inside the layer use 'authors' or an int")
         if k is not None:
             if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"k must be an integer, got {k!r}")
+                raise ArgumentTypeError(f"k must be an integer, got {k!r}")
             if k < 1:
-                raise ValueError(f"sketch size k={k} must be at least 1")
+                raise OptionError(f"sketch size k={k} must be at least 1")
         elif not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
-            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+            raise OptionError(f"ratio must be in (0, 1], got {ratio!r}")
         if estimator == "crs" and not replace and probs != "uniform":
-            raise ValueError("crs without replacement needs probs='uniform'")
+            raise OptionError("crs without replacement needs probs='uniform'")
         self.ratio = float(ratio)
         self.k = k
         self.estimator = estimator
         self.probs = probs
         self.replace = bool(replace)
         self.deterministic = deterministic
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self._init_counter(self.weight.device)
 
     def _init_counter(self, device) -> None:
@@ -295,6 +301,7 @@ class RandomizedLinear(nn.Linear):
         regen = self.estimator in DATA_INDEPENDENT or (self.estimator == "crs" and self.probs == "uniform")
         return k * self.in_features * el + (0 if regen else 8 * k)
 
+    @layer_forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
         if input.dim() < 1 or input.shape[-1] != self.in_features:
             raise ShapeError(f"RandomizedLinear expects inputs (..., {self.in_features}), got {tuple(input.shape)}")
@@ -325,6 +332,7 @@ class RandomizedLinear(nn.Linear):
         return f"{super().extra_repr()}, {size}, estimator={self.estimator!r}{extra}, seed={self.seed}"
 
 
+@public
 def randomize(
     model: nn.Module,
     ratio: float = 0.25,

@@ -23,10 +23,12 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..errors import RankError, ShapeError
+from ..errors import OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.plan import plan as _plan
 from ._compile import constant, handle, is_compiling, lookup
+from ..backend import check_bool, check_choice, check_float, check_int, public
+from ._inputs import layer_forward
 
 __all__ = ["LoRALinear", "convert_peft", "lora_function", "RunLoRAPeftLinear"]
 
@@ -265,6 +267,7 @@ def _compiled_lora(x, weight, bias, lora_A, lora_B, mask, s, fan_in_fan_out, obj
     return out[0].reshape(*lead, n)
 
 
+@public
 def lora_function(x, weight, bias, lora_A, lora_B, scale, *, mask=None, fan_in_fan_out=False, objective="flops",
                   graphs=None):
     """Functional RunLoRA layer (torch layout).
@@ -313,6 +316,7 @@ def _dropout_mask(x, p):
     return torch.empty(x.shape, device=x.device, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
+@public
 class LoRALinear(nn.Module):
     """A frozen linear layer with a LoRA adapter, executed with a RunLoRA plan.
 
@@ -339,10 +343,17 @@ class LoRALinear(nn.Module):
     def __init__(self, in_features, out_features, r, lora_alpha=1.0, lora_dropout=0.0, bias=True, *,
                  objective="flops", train_weight=False, device=None, dtype=None):
         super().__init__()
+        in_features = check_int(in_features, "in_features", minimum=1)
+        out_features = check_int(out_features, "out_features", minimum=1)
+        r = check_int(r, "rank r", error=RankError)
+        lora_alpha = check_float(lora_alpha, "lora_alpha")
+        lora_dropout = check_float(lora_dropout, "lora_dropout")
+        bias, train_weight = check_bool(bias, "bias"), check_bool(train_weight, "train_weight")
+        check_choice(objective, "objective", ("flops", "memory", "time"))
         if r < 1 or r > min(in_features, out_features):
             raise RankError(f"rank r={r} must satisfy 1 <= r <= min(in, out) = {min(in_features, out_features)}")
         if not 0.0 <= lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+            raise OptionError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.r = in_features, out_features, r
         self.lora_alpha = lora_alpha
@@ -393,6 +404,7 @@ class LoRALinear(nn.Module):
                      w_grad=self.weight.requires_grad, bias=self.bias is not None,
                      dropout=self.training and self.lora_dropout > 0, objective=self.objective)
 
+    @layer_forward
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.in_features}")
@@ -403,7 +415,7 @@ class LoRALinear(nn.Module):
         if self.training and self.lora_dropout > 0:
             mask = self.mask_fn(x, self.lora_dropout)
             s = s / (1.0 - self.lora_dropout)
-        return lora_function(x, self.weight, self.bias, self.lora_A, self.lora_B, s, mask=mask,
+        return lora_function.__wrapped__(x, self.weight, self.bias, self.lora_A, self.lora_B, s, mask=mask,
                              objective=self.objective)
 
     def extra_repr(self):
@@ -443,11 +455,12 @@ class RunLoRAPeftLinear:
             return self._runlora_peft_forward(x, *args, **kwargs)
         w = base.weight
         x_in = x.to(lA.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
-        y = lora_function(x_in, w, base.bias, lA.weight, lB.weight, s, mask=mask,
+        y = lora_function.__wrapped__(x_in, w, base.bias, lA.weight, lB.weight, s, mask=mask,
                           fan_in_fan_out=self.fan_in_fan_out, objective=self.runlora_objective)
         return y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
 
 
+@public
 def convert_peft(model: nn.Module, *, objective: str = "flops") -> nn.Module:
     """Make every LoRA ``Linear`` of a PEFT model run RunLoRA graphs, in place.
 

@@ -48,11 +48,13 @@ import torch
 from torch import nn
 
 from .. import ops as _ops
-from ..errors import ShapeError
+from ..errors import ArgumentTypeError, OptionError, ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
 from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
 from ._compile import handle, is_compiling, lookup
+from ..backend import public
+from ._inputs import layer_forward
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
 
@@ -72,7 +74,7 @@ def _side_route(Q, touched: int, route: str, name: str) -> str:
         return "columns"
     if route == "transform":
         if not _has_fast(Q):
-            raise ValueError(f"route='transform' needs a fast-transform basis for {name} "
+            raise OptionError(f"route='transform' needs a fast-transform basis for {name} "
                              f"(ops kinds {FAST_KINDS}), got {getattr(Q, 'kind', type(Q).__name__)!r}")
         return "transform"
     return "transform" if _has_fast(Q) and Q.flops < 2 * Q.n * touched else "columns"
@@ -245,6 +247,7 @@ def _op_grad(ctx, grads):
 _op_forward.register_autograd(_op_grad, setup_context=_op_setup)
 
 
+@public
 class SparseGradLinear(nn.Module):
     """A linear layer trained through ``nnz`` entries of its weight in the basis ``(U, V)``.
 
@@ -276,7 +279,7 @@ class SparseGradLinear(nn.Module):
                  selector: IndexSelector | None = None, route: str = "auto"):
         super().__init__()
         if route not in ROUTES:
-            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+            raise OptionError(f"route must be one of {ROUTES}, got {route!r}")
         self.route = route
         if weight.dim() != 2:
             raise ShapeError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
@@ -346,10 +349,11 @@ class SparseGradLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, U, V, indices, **kw) -> "SparseGradLinear":
         """Wrap an ``nn.Linear`` (its weight and bias are copied)."""
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"expected nn.Linear, got {type(linear).__name__}")
+            raise ArgumentTypeError(f"expected nn.Linear, got {type(linear).__name__}")
         return cls(linear.weight, linear.bias, U, V, indices, **kw)
 
     # -- forward ---------------------------------------------------------------------
+    @layer_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.m:
             raise ShapeError(f"input has {x.shape[-1]} features, layer expects {self.m} (shape {tuple(x.shape)})")
@@ -398,7 +402,7 @@ class SparseGradLinear(nn.Module):
         """
         if indices is None:
             if self.selector is None:
-                raise ValueError("refresh() needs indices or a selector with statistics (set probing=True first)")
+                raise OptionError("refresh() needs indices or a selector with statistics (set probing=True first)")
             indices = self.selector.select()
         new = check_indices(indices, (self.n, self.m))
         old = self.indices
@@ -449,6 +453,7 @@ def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> b
     return any(fnmatch.fnmatchcase(name, p) for p in patterns) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
+@public
 def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learned", *,
                    patterns: Sequence[str] = DEFAULT_PATTERNS, exclude: Sequence[str] = DEFAULT_EXCLUDE, warmup: Callable[[nn.Module], torch.Tensor] | None = None,
                    steps: int = 8, grads: Mapping[str, Iterable[torch.Tensor]] | None = None,
@@ -469,10 +474,10 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
     k_density = float(density)
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and _match(n, patterns, exclude)]
     if not names:
-        raise ValueError(f"no nn.Linear of the model matches {list(patterns)}")
+        raise OptionError(f"no nn.Linear of the model matches {list(patterns)}")
     if grads is None:
         if warmup is None:
-            raise ValueError("sparsegrad_mlp needs warm-up gradients: pass warmup=callable or grads={name: [G, ...]}")
+            raise OptionError("sparsegrad_mlp needs warm-up gradients: pass warmup=callable or grads={name: [G, ...]}")
         mods = dict(model.named_modules())
         collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
         req = {p: p.requires_grad for p in model.parameters()}
@@ -495,7 +500,7 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
         grads = collected
     missing = [n for n in names if n not in grads]
     if missing:
-        raise KeyError(f"no warm-up gradients for {missing}")
+        raise OptionError(f"no warm-up gradients for {missing}")
     for p in model.parameters():
         p.requires_grad_(False)
     out: dict[str, SparseGradLinear] = {}
@@ -506,7 +511,7 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
         n, m = lin.weight.shape
         gl = [np.asarray(g.detach().cpu().numpy() if torch.is_tensor(g) else g, dtype=np.float64) for g in grads[name]]
         if not gl:
-            raise ValueError(f"empty gradient list for {name}")
+            raise OptionError(f"empty gradient list for {name}")
         if basis == "learned":
             acc = GramAccumulator(n, m, normalize=normalize, decay=decay)
             for g in gl:
