@@ -46,6 +46,8 @@ SKIP = {
     "lrmath.backend.as_lrmath_error": "the boundary's exception translator (maps any exception object)",
     "lrmath.runlora.execute_torch.TorchOps": "executor inside the RunLoRA autograd Function (hot path traced by torch.compile); the layers validate its inputs",
     "lrmath.runlora.execute_torch.run_program": "executor inside the RunLoRA autograd Function (hot path traced by torch.compile); the layers validate its inputs",
+    "lrmath.torch.kashin_hook": "a DDP communication hook: needs an initialised process group and a GradBucket (tests/test_torch_distributed.py runs it in 2 processes)",
+    "lrmath.torch.kashin_comm.kashin_hook": "a DDP communication hook: needs an initialised process group and a GradBucket (tests/test_torch_distributed.py runs it in 2 processes)",
     "lrmath.torch.sparsegrad_mlp": "needs warm-up gradients of a model (covered by tests/test_sparsegrad_torch.py)",
 }
 
@@ -136,6 +138,18 @@ def _kashin_file():
     if not os.path.exists(p):
         kashin.quantize(mat(8, 32), 2, block=32).save(p, "w")
     return p
+
+
+def _grad_vector():
+    import torch
+
+    return torch.linspace(-1.0, 1.0, 300)
+
+
+def _kashin_payload():
+    from lrmath.torch.kashin_comm import encode
+
+    return encode(_grad_vector(), bits=2)
 
 
 def _torch_model():
@@ -349,6 +363,12 @@ CASES = {
     "lrmath.torch.RandomizedLinear": lambda: ((16, 8), {}),
     "lrmath.torch.randomize": lambda: ((_torch_model(),), {}),
     "lrmath.torch.KashinLinear": lambda: ((_quantized(),), {}),
+    "lrmath.torch.KashinHookState": lambda: ((), {"bits": 2}),
+    "lrmath.torch.kashin_comm.KashinHookState": lambda: ((), {"bits": 2}),
+    "lrmath.torch.kashin_comm.encode": lambda: ((_grad_vector(),), {"bits": 2}),
+    "lrmath.torch.kashin_comm.decode": lambda: ((_kashin_payload(), 300), {"bits": 2}),
+    "lrmath.torch.kashin_comm.payload_bytes": lambda: ((300,), {"bits": 2}),
+    "lrmath.torch.kashin_comm.ring_bytes": lambda: (("all_gather", 1000, 2), {}),
     "lrmath.torch.quantize_model": lambda: ((_torch_model(),), {"exclude": ()}),
     "lrmath.torch.kashin.load_quantized": None,
     "lrmath.torch.kashin.save_quantized": None,

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import ShapeError
+from ..backend import check_float, check_int, public
+from ..errors import OptionError, ShapeError
 
 __all__ = ["KashinHookState", "kashin_hook", "encode", "decode", "payload_bytes", "ring_bytes"]
 
@@ -60,7 +61,7 @@ _BITS = (2, 3, 4)
 
 def _split_bits(bits: int) -> tuple[int, int]:
     if isinstance(bits, bool) or bits not in _BITS:
-        raise ValueError(f"bits must be one of {_BITS} (code bits per entry, both factors), got {bits!r}")
+        raise OptionError(f"bits must be one of {_BITS} (code bits per entry, both factors), got {bits!r}")
     return (bits + 1) // 2, bits // 2
 
 
@@ -71,6 +72,12 @@ def _check_block(block: int) -> int:
 
 
 _SIGNS: dict = {}
+
+
+def _check_coding(seed, iters, clip) -> tuple[int, int, float]:
+    # a handful of truncation iterations suffices (each shrinks the residual's peak); cap the count
+    return (check_int(seed, "seed", minimum=0, maximum=2**63 - 1), check_int(iters, "iters", minimum=0, maximum=64),
+            check_float(clip, "clip", minimum=0.0, min_open=True))
 
 
 def _signs(N: int, seed: int, device, dtype) -> torch.Tensor:
@@ -169,6 +176,7 @@ def _unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
 
 
+@public
 def payload_bytes(n: int, bits: int = 2, block: int = 256) -> int:
     """Bytes of the payload of ``n`` gradient entries (codes of both factors + float16 scales)."""
     bu, bv = _split_bits(bits)
@@ -176,11 +184,13 @@ def payload_bytes(n: int, bits: int = 2, block: int = 256) -> int:
     return blocks * block * (bu + bv) // 8 + blocks * 2 * 2
 
 
+@public
 def encode(x: torch.Tensor, bits: int = 2, block: int = 256, *, seed: int = 0, iters: int = 3,
            clip: float = 1.0) -> torch.Tensor:
     """Kashin payload (uint8) of a flat float tensor ``x`` (n,), zero-padded to whole blocks."""
     bu, bv = _split_bits(bits)
     N = _check_block(block)
+    seed, iters, clip = _check_coding(seed, iters, clip)
     n = x.numel()
     blocks = -(-n // N)
     xb = torch.zeros(blocks * N, dtype=torch.float32, device=x.device)
@@ -195,11 +205,14 @@ def encode(x: torch.Tensor, bits: int = 2, block: int = 256, *, seed: int = 0, i
     return torch.cat((_pack(cu.reshape(-1), bu), _pack(cv.reshape(-1), bv), scales))
 
 
+@public
 def decode(payload: torch.Tensor, n: int, bits: int = 2, block: int = 256, *, seed: int = 0,
            dtype=torch.float32) -> torch.Tensor:
     """Inverse of :func:`encode`: ``u_hat + Q v_hat`` (n,) in ``dtype``."""
     bu, bv = _split_bits(bits)
     N = _check_block(block)
+    n = check_int(n, "n", minimum=0)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
     blocks = -(-n // N)
     if payload.numel() != payload_bytes(n, bits, N):
         raise ShapeError(f"payload has {payload.numel()} bytes, {payload_bytes(n, bits, N)} expected for n={n}")
@@ -213,13 +226,16 @@ def decode(payload: torch.Tensor, n: int, bits: int = 2, block: int = 256, *, se
     return x.reshape(-1)[:n].to(dtype)
 
 
+@public
 def ring_bytes(op: str, nbytes: int, world: int) -> int:
     """Bytes one rank sends in a ring implementation of ``op`` on ``nbytes`` per rank.
 
     ``all_reduce``: ``2 (W-1)/W n``; ``all_gather``: ``(W-1) n`` (``n`` = one rank's part);
     ``all_to_all``: ``(W-1)/W n`` (``n`` = the whole send buffer).
     """
-    if world <= 1:
+    nbytes = check_int(nbytes, "nbytes", minimum=0)
+    world = check_int(world, "world", minimum=1)
+    if world == 1:
         return 0
     if op == "all_reduce":
         return int(round(2 * (world - 1) / world * nbytes))
@@ -227,9 +243,10 @@ def ring_bytes(op: str, nbytes: int, world: int) -> int:
         return (world - 1) * nbytes
     if op == "all_to_all":
         return int(round((world - 1) / world * nbytes))
-    raise ValueError(f"unknown collective {op!r}")
+    raise OptionError(f"unknown collective {op!r}")
 
 
+@public
 class KashinHookState:
     """State of :func:`kashin_hook`: settings, per-bucket error-feedback residuals, byte counts.
 
@@ -261,11 +278,11 @@ class KashinHookState:
         _split_bits(bits)
         _check_block(block)
         if mode not in ("allgather", "two_phase"):
-            raise ValueError(f"mode must be 'allgather' or 'two_phase', got {mode!r}")
+            raise OptionError(f"mode must be 'allgather' or 'two_phase', got {mode!r}")
         self.process_group = process_group
         self.bits, self.block, self.mode = bits, block, mode
         self.error_feedback = bool(error_feedback)
-        self.seed, self.iters, self.clip = int(seed), int(iters), float(clip)
+        self.seed, self.iters, self.clip = _check_coding(seed, iters, clip)
         self.errors: dict = {}
         self.bytes_sent = 0
         self.steps = 0
@@ -300,6 +317,7 @@ def _gather(state, payload, group, world):
     return parts
 
 
+@public
 def kashin_hook(state: "KashinHookState", bucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: average the bucket's gradients through Kashin codes (see module docs).
 
