@@ -451,3 +451,26 @@ def test_capture_errors(model):
         data.capture_linears(model, n_pairs=2, layers=["encoder.layer.9.intermediate.dense"])
     with pytest.raises(ValueError, match="optimizer_lr"):
         data.capture_linears(model, n_pairs=2, optimizer_lr=-1.0)
+
+
+def test_load_smollm2_when_cached():
+    """The converted SmolLM2 copy loads in seconds; without it (fresh CI) this would fetch 93 MB."""
+    from lrmath._progress import cache_dir
+
+    sha8 = data.ITEMS["smollm2-135m"].sha256[:8]
+    if not (data.is_fetched("smollm2-135m") and os.path.isfile(
+            os.path.join(cache_dir("derived"), f"smollm2-135m-{sha8}", ".lrmath-converted"))):
+        pytest.skip("SmolLM2 is not fetched and converted here (`lrmath data fetch smollm2-135m`)")
+    from lrmath.eval import block_linears
+
+    model, tok = data.load_smollm2()
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+            c.intermediate_size, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
+    assert len(block_linears(model)) == 210 and not any(p.requires_grad for p in model.parameters())
+    ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    assert ids[0, 0] != tok.bos_token_id  # no BOS added
+    with torch.no_grad():
+        nll = model(ids, labels=ids).loss.item()
+    assert 0.5 < nll < 8.0  # a trained LM: far below log(49152) = 10.8

@@ -435,10 +435,19 @@ def load_smollm2(
             work = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=derived.parent))
             try:
                 tokenizer.save_pretrained(str(work))
-                model.save_pretrained(str(work))
+                # save_pretrained refuses a model loaded from GGUF (it counts as quantized);
+                # the weights are plain float32 now: write them and a config without the
+                # quantization entry (save_model keeps one name of the tied embeddings)
+                from safetensors.torch import save_model
+
+                cfg = model.config.to_dict()
+                cfg.pop("quantization_config", None)
+                (work / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+                save_model(model, str(work / "model.safetensors"), metadata={"format": "pt"})
                 (work / ".lrmath-converted").write_text(f"from {SMOLLM2_GGUF}\n", encoding="utf-8")
                 if derived.exists():  # a partial copy without the marker
                     shutil.rmtree(derived)
+                work.chmod(0o755)  # mkdtemp makes it private
                 work.rename(derived)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

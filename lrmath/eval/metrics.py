@@ -211,16 +211,20 @@ def sts_spearman(
         raise EmptyInputError(f"sts_spearman needs at least 2 pairs, got {len(pairs)}")
     batch_size = check_positive_int(batch_size, "batch_size")
     sentences = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]
+    # batches of similar length waste little compute on padding (padding does not change
+    # an embedding: padding keys get zero attention and are left out of the mean)
+    order = np.argsort([len(s) for s in sentences], kind="stable")
     device = next(model.parameters()).device
     embs = []
     with torch.inference_mode():
         for i in progress(range(0, len(sentences), batch_size), desc="sts", enabled=progress_bar):
-            enc = tokenizer(sentences[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+            batch = [sentences[j] for j in order[i : i + batch_size]]
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             mask = enc["attention_mask"].to(device)
             out = model(input_ids=enc["input_ids"].to(device), attention_mask=mask)
             embs.append(mean_pool(out, mask, normalize=True).float().cpu())
-    e = torch.cat(embs).numpy().astype(np.float64)
+    e = np.empty((len(sentences), embs[0].shape[1]), np.float64)
+    e[order] = torch.cat(embs).numpy()
     u, v = e[: len(pairs)], e[len(pairs) :]
     cos = np.sum(u * v, axis=1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1))
     return 100.0 * spearman(cos, [s for _, _, s in pairs])
