@@ -117,10 +117,14 @@ def run(args) -> dict:
             write_results(suite, _order(rows), meta={**meta, "load_average_at_write": round(load, 2)},
                           device=args.device, notes=notes)
 
+    # run order: the common settings (Kashin default, RTN g64, HQQ g64) at every bit width
+    # first, then greedy and g256, so a run cut short still has the comparisons users need
+    first = ("Kashin default", "RTN g64", "HQQ g64")
     plan = []
     for model_name in args.models:
         plan.append((model_name, 32, ("fp32", None, None, None)))
-        plan += [(model_name, b, m) for b in args.bits for m in methods]
+        for tier in (True, False):
+            plan += [(model_name, b, m) for b in args.bits for m in methods if (m[0] in first) == tier]
     for model_name in args.models:
         todo = [(b, m) for mn, b, m in plan if mn == model_name
                 and (("SmolLM2-135M" if mn == "smollm2" else "all-MiniLM-L6-v2"), b, m[0]) not in done]
