@@ -62,6 +62,7 @@ def add_arguments(parser):
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="ignore rows cached in the results JSON")
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite the .md from the rows in the JSON")
 
 
 def _key(row: dict) -> tuple:
@@ -73,6 +74,30 @@ def _order(rows: list[dict]) -> list[dict]:
     methods = {"fp32": 0, **{m[0]: i + 1 for i, m in enumerate(METHODS)}}
     return sorted(rows, key=lambda r: (models.get(r["model"], 9), r["bits"] if r["bits"] != 32 else 0,
                                        methods.get(r["method"], 99)))
+
+
+def pivot(rows: list[dict]) -> str:
+    """Markdown tables for the README: per model, methods x bit widths, cells "metric (bpw)"."""
+    out = []
+    for model, metric in (("SmolLM2-135M", "perplexity, lee-news eval half (lower is better)"),
+                          ("all-MiniLM-L6-v2", "STS-B test Spearman x100 (higher is better)")):
+        mine = [r for r in rows if r["model"] == model]
+        if not mine:
+            continue
+        fp = [r for r in mine if r["method"] == "fp32"]
+        bits = sorted({r["bits"] for r in mine if r["method"] != "fp32"})
+        head = f"**{model}**, {metric}" + (f"; fp32: **{fp[0]['value']:.2f}**" if fp else "")
+        lines = [head, "", "| method | " + " | ".join(f"{b} bits: metric (bpw, weight err)" for b in bits) + " |",
+                 "|---|" + "---|" * len(bits)]
+        for name, *_ in METHODS:
+            cells = []
+            for b in bits:
+                r = [x for x in mine if x["method"] == name and x["bits"] == b]
+                cells.append(f"{r[0]['value']:.4g} ({r[0]['bpw']:.3f}, {r[0]['weight err']:.3f})" if r else "not run")
+            if any(c != "not run" for c in cells):
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def run(args) -> dict:
@@ -115,8 +140,11 @@ def run(args) -> dict:
                 rows.extend(r for r in json.loads(js.read_text())["rows"] if _key(r) not in mine)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             write_results(suite, _order(rows), meta={**meta, "load_average_at_write": round(load, 2)},
-                          device=args.device, notes=notes)
+                          device=args.device, notes=notes + "\n\n" + pivot(rows) + "\n\nAll rows:")
 
+    if args.rewrite:
+        save()
+        return {"rows": _order(rows)}
     # run order: the common settings (Kashin default, RTN g64, HQQ g64) at every bit width
     # first, then greedy and g256, so a run cut short still has the comparisons users need
     first = ("Kashin default", "RTN g64", "HQQ g64")
