@@ -334,6 +334,8 @@ def fetch(name: str, *, archive: str | os.PathLike | None = None, force: bool = 
         mark = {"name": it.name, "package": it.package, "version": it.version, "file": it.filename,
                 "sha256": it.sha256, "members": list(it.members), "files": it.files}
         (out / MARKER).write_text(json.dumps(mark, indent=1), encoding="utf-8")
+        if _marker_ok(it, folder) and not force:  # a concurrent fetch finished first: keep its copy
+            return folder
         if folder.exists():  # stale or partial: replace it
             shutil.rmtree(folder)
         try:
