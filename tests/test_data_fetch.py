@@ -214,3 +214,18 @@ def test_real_loader_counts_when_cached(name):
         rows = data.trec()
         assert len(rows) == 5381 and len({q for q, _, _ in rows}) == 5381
         assert {c for _, c, _ in rows} == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
+
+
+def test_loader_arguments_are_checked_before_any_fetch(tmp_path, monkeypatch):
+    """A bad split or flag is refused up front, without touching pip (the cache here is empty)."""
+    from lrmath import data
+    from lrmath.errors import ArgumentTypeError, OptionError
+
+    monkeypatch.setenv("LRMATH_CACHE_DIR", str(tmp_path))
+    for call in (lambda: data.lee_news(split="bogus"), lambda: data.stsb(split="validation")):
+        with pytest.raises(OptionError):
+            call()
+    for call in (lambda: data.lee_news(split=None), lambda: data.mr_polarity(neutral=2.5)):
+        with pytest.raises(ArgumentTypeError):
+            call()
+    assert not any(tmp_path.rglob("*"))

