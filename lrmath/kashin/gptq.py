@@ -69,16 +69,23 @@ def prepare_hessian(H, inn: int, damp: float = 0.01) -> tuple[np.ndarray, np.nda
 
 
 def inverse_cholesky(H: np.ndarray) -> np.ndarray:
-    """Upper-triangular ``U`` with ``H^{-1} = U^T U`` (GPTQ's ``Hinv``), float64."""
+    """Upper-triangular ``U`` with ``H^{-1} = U^T U`` (GPTQ's ``Hinv``), float64.
+
+    One Cholesky factorisation of the index-reversed ``J H J = L L^T`` gives ``H = R R^T`` with
+    ``R = J L J`` upper triangular, so ``H^{-1} = R^{-T} R^{-1}`` and ``U = R^{-1}`` (one triangular
+    inverse) -- a third of the work of GPTQ's factorise / invert / factorise again.
+    """
     import scipy.linalg
 
     try:
-        L = np.linalg.cholesky(H)
+        L = scipy.linalg.cholesky(H[::-1, ::-1], lower=True)
     except np.linalg.LinAlgError as exc:
         raise ValueError("calibration H is not positive definite even after damping; raise damp") from exc
-    Linv = scipy.linalg.solve_triangular(L, np.eye(H.shape[0]), lower=True)
-    Hinv = Linv.T @ Linv
-    return np.linalg.cholesky(Hinv).T
+    R = np.ascontiguousarray(L[::-1, ::-1])
+    U, info = scipy.linalg.lapack.dtrtri(R, lower=0)
+    if info != 0:
+        raise ValueError("calibration H is singular even after damping; raise damp")
+    return np.triu(U)
 
 
 FitBlock = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray, object]]
