@@ -243,6 +243,12 @@ class KashinLinear(nn.Module):
         y = _QuantizedMatmul.apply(x, self)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
+    def drop_lowrank(self) -> None:
+        """Remove the stored compensation factors (e.g. after moving them into a LoRA adapter)."""
+        for t in self._extra_names:
+            delattr(self, t)
+        self._extra_names, self.lowrank = [], None
+
     def dequantize(self) -> torch.Tensor:
         """The dense ``W_hat`` (+ ``B A``) (for inspection only; ``forward`` never builds it)."""
         w = self._w_rows(0, self.out_features, torch.float32)
