@@ -280,7 +280,8 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
         block is run on them with forward hooks on its linears, its linears are quantized, and the
         block is run again *quantized* to give the next block its inputs (so every layer sees the
         already-quantized layers before it). Targets outside the blocks are calibrated by a last
-        full pass. See :func:`calibrated_quantize_model`.
+        full pass; targets the calibration inputs never reach (e.g. an unused pooler) are quantized
+        data-free and listed in ``model.kashin_uncalibrated``. See :func:`calibrated_quantize_model`.
     progress : bool
         A progress bar over blocks (calibrated path).
     **kw
@@ -417,8 +418,16 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
                 hk.remove()
         _quantize_with(model, [n for n in rest if n in H], H, bits, kw)
         done += [n for n in rest if n in H]
+    never = [n for n in names if n not in done]  # not reached by the calibration inputs: data-free
+    kw_free = {k: v for k, v in kw.items() if k not in ("damp",)}
+    if kw_free.get("lowrank") == "lqer":
+        kw_free["lowrank"] = "loftq"
+    for n in never:
+        lin = model.get_submodule(n)
+        _set_module(model, n, KashinLinear.from_linear(lin, bits, layout=kw_free.pop("layout", "rows"), **kw_free))
     model.train(was_training)
-    model.kashin_layers = [n for n in names if n in done]
+    model.kashin_layers = list(names)
+    model.kashin_uncalibrated = never
     return model
 
 

@@ -85,6 +85,18 @@ def _w_products_only(g) -> bool:
     return True
 
 
+@lru_cache(maxsize=64)
+def _admissible_cached(space_key, kind, m, n, r):
+    space = graph_space(*space_key)
+    pool = space.forward if kind == "forward" else space.backward
+    return [(g, g.affine("flops", m, n, r)) for g in pool if _w_products_only(g)]
+
+
+def _admissible(space, kind, m, n, r):
+    key = (space.x_grad, space.w_grad, space.bias, space.dropout)
+    return list(_admissible_cached(key, kind, m, n, r))
+
+
 @lru_cache(maxsize=4096)
 def quantized_base_pair(m: int, n: int, r: int, t: int, x_grad: bool = True, bias: bool = False,
                         dropout: bool = False):
@@ -93,19 +105,19 @@ def quantized_base_pair(m: int, n: int, r: int, t: int, x_grad: bool = True, bia
     Ties go to fewer saved bytes. ``m, n`` = in, out features (math layout), ``t`` tokens.
     """
     space = graph_space(bool(x_grad), False, bool(bias), bool(dropout))
-    fw = [g for g in space.forward if _w_products_only(g)]
-    bw = [g for g in space.backward if _w_products_only(g)]
+    fw = _admissible(space, "forward", m, n, r)
+    bw = _admissible(space, "backward", m, n, r)
+    fw.sort(key=lambda e: (e[1][0] + e[1][1] * t, e[0].name))
     best, key = None, None
-    for f in fw:
+    for b, (ba, bb) in bw:
+        f = next((f for f, _ in fw if b.saved <= f.computes), None)  # cheapest compatible forward
+        if f is None:
+            continue
         fa, fb = f.affine("flops", m, n, r)
-        for b in bw:
-            if not space.compatible(f, b):
-                continue
-            ba, bb = b.affine("flops", m, n, r)
-            sa, sb = space.saved_bytes(f, b, 4).affine(m, n, r)
-            k = (fa + fb * t + ba + bb * t, sa + sb * t, f.name, b.name)
-            if key is None or k < key:
-                best, key = (f, b), k
+        sa, sb = space.saved_bytes(f, b, 4).affine(m, n, r)
+        k = (fa + fb * t + ba + bb * t, sa + sb * t, f.name, b.name)
+        if key is None or k < key:
+            best, key = (f, b), k
     if best is None:  # pragma: no cover - the unmerged PEFT pair is always admissible
         raise RuntimeError("no RunLoRA graph pair keeps the quantized base in products only")
     return best
