@@ -113,29 +113,35 @@ def test_lowrank_init_starts_at_the_compensated_base_and_trains():
         KashinLoRALinear(copy.deepcopy(layer), 2, init="lowrank")
 
 
-def test_calibrated_quantize_model_tiny_encoder(tmp_path):
-    from lrmath.torch.model import MiniLM
-
+def test_calibrated_quantize_model_tiny_llama(tmp_path):
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-           "intermediate_size": 64, "max_position_embeddings": 16}
-    model = MiniLM(cfg).eval()
-    ids = torch.randint(0, 50, (16, 12))
-    ref = model(ids).detach()
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (16, 12))
+
+    def logits(m, x):
+        with torch.no_grad():
+            return m(input_ids=x, use_cache=False).logits
+
+    ref = logits(model, ids)
     free = quantize_model(copy.deepcopy(model), 2, iters=2, layout="rows")
-    cal = quantize_model(copy.deepcopy(model), 2, iters=2, calibration=[ids[:8], ids[8:]], exclude=("*embed*",))
-    assert len(cal.kashin_layers) == 13  # 6 per layer and the pooler
-    assert cal.kashin_uncalibrated == ["pooler.dense"]  # forward() never reaches it: coded data-free
+    cal = quantize_model(copy.deepcopy(model), 2, iters=2, progress=False,
+                         calibration=[{"input_ids": ids[:8], "use_cache": False}, {"input_ids": ids[8:], "use_cache": False}])
+    assert len(cal.kashin_layers) == 14 and cal.kashin_uncalibrated == []  # 7 per block; head and embeddings excluded
     assert all(isinstance(cal.get_submodule(n), KashinLinear) for n in cal.kashin_layers)
-    test_ids = ids  # in-sample: what the calibration optimises
-    e_free = float((free(test_ids) - ref).norm() / ref.norm())
-    e_cal = float((cal(test_ids) - ref).norm() / ref.norm())
+    e_free = float((logits(free, ids) - ref).norm() / ref.norm())
+    e_cal = float((logits(cal, ids) - ref).norm() / ref.norm())  # in-sample: what calibration optimises
     assert e_cal < e_free, (e_cal, e_free)
     p = tmp_path / "m.safetensors"
     save_quantized(cal, p)
-    back = load_quantized(MiniLM(cfg).eval(), p)
-    assert_close(back(ids).detach(), cal(ids).detach(), rtol=0, atol=0)
-    names = convert_peft_kashin(back, 2, 4.0, include=["*.query"])
-    assert len(names) == 2 and all(isinstance(back.get_submodule(n), KashinLoRALinear) for n in names)
+    back = load_quantized(transformers.LlamaForCausalLM(cfg).eval(), p)
+    assert_close(logits(back, ids), logits(cal, ids), rtol=0, atol=0)
+    names = convert_peft_kashin(back, 2, 4.0, include=["*.q_proj", "*.v_proj"])
+    assert len(names) == 4 and all(isinstance(back.get_submodule(n), KashinLoRALinear) for n in names)
     trainable = [n for n, p in back.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    out = back(input_ids=ids[:2], labels=ids[:2], use_cache=False)
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in back.named_parameters() if p.requires_grad)
