@@ -278,3 +278,16 @@ def test_loftq_and_lqer_reduce_their_errors():
         quantize(W, 2, rank=2, lowrank="lqer")
     with pytest.raises(RankError):
         quantize(W, 2, rank=65)
+
+
+def test_uneven_split_roundtrip_and_errors(tmp_path):
+    g = np.random.default_rng(9)
+    W = g.standard_normal((16, 128)).astype(np.float32)
+    q = quantize(W, 4, split=(1, 3), block=128, iters=2)
+    assert (q.bits_u, q.bits_v) == (1, 3) and q.table_u.size == 2 and q.table_v.size == 8
+    p = tmp_path / "s.safetensors"
+    q.save(p)
+    assert_close(load(p).dequantize(), q.dequantize(), rtol=0, atol=0)
+    for bad in [(2, 1), (0, 4), (4,), "ab"]:
+        with pytest.raises(ValueError):
+            quantize(W, 4, split=bad)
