@@ -16,7 +16,8 @@ never builds the dense weight; the tests check they agree). The LoRA row trains 
 
 Rows are cached one file each in ``<out>/kashin_model_cpu.rows/<id>.json`` (resumable: a rerun
 skips finished rows; ``--fresh`` starts over), so several workers may run disjoint ``--rows``
-subsets at once; ``--report`` only rewrites the table from the finished rows.
+subsets at once; ``--report`` only rewrites the table from the finished rows. The cache folder is
+per ``(--max-tokens, --cal-windows)`` setting, so rows of different sizes are never mixed.
 """
 
 from __future__ import annotations
@@ -219,10 +220,11 @@ def run(args) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     out_dir = Path(os.environ.get("LRMATH_BENCH_OUT", Path(__file__).resolve().parent / "results"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = out_dir / "kashin_model_cpu.rows"
+    # rows are comparable only at equal evaluation and calibration sizes: one cache per setting
+    cache_dir = out_dir / f"kashin_model_cpu.rows.t{args.max_tokens}.c{args.cal_windows}"
     cache_dir.mkdir(exist_ok=True)
     legacy = out_dir / "kashin_model_cpu.cache.json"
-    if legacy.exists():  # the first layout: one JSON for all rows
+    if legacy.exists() and args.max_tokens == 8192 and args.cal_windows == 8:  # the first layout: one JSON for all rows
         for k, v in json.loads(legacy.read_text()).items():
             if not (cache_dir / f"{k}.json").exists():
                 (cache_dir / f"{k}.json").write_text(json.dumps(v, indent=1))
