@@ -130,6 +130,13 @@ def test_calibrated_quantize_model_tiny_llama(tmp_path):
     cal = quantize_model(copy.deepcopy(model), 2, iters=2, progress=False,
                          calibration=[{"input_ids": ids[:8], "use_cache": False}, {"input_ids": ids[8:], "use_cache": False}])
     assert len(cal.kashin_layers) == 14 and cal.kashin_uncalibrated == []  # 7 per block; head and embeddings excluded
+    # texts: tokenized and cut into windows (a toy tokenizer: characters mod the vocabulary)
+    tok = lambda text: {"input_ids": [ord(c) % 64 for c in text]}  # noqa: E731
+    by_text = quantize_model(copy.deepcopy(model), 2, iters=1, calibration=["some text " * 8, "more text " * 8],
+                             tokenizer=tok, window=24)
+    assert len(by_text.kashin_layers) == 14
+    with pytest.raises(ValueError, match="tokenizer"):
+        quantize_model(copy.deepcopy(model), 2, calibration=["text"])
     assert all(isinstance(cal.get_submodule(n), KashinLinear) for n in cal.kashin_layers)
     e_free = float((logits(free, ids) - ref).norm() / ref.norm())
     e_cal = float((logits(cal, ids) - ref).norm() / ref.norm())  # in-sample: what calibration optimises

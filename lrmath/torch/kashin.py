@@ -262,7 +262,7 @@ def _match(name: str, patterns: Iterable[str] | None) -> bool:
 
 def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = DEFAULT_EXCLUDE, calibration=None, progress: bool = False,
-                   **kw) -> nn.Module:
+                   tokenizer=None, window: int = 512, **kw) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`KashinLinear`.
 
     Parameters
@@ -272,9 +272,10 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
     include, exclude : iterables of fnmatch patterns on module names
         A layer is quantized when it matches ``include`` (all when ``None``) and no ``exclude``
         pattern (default: embeddings and heads, :data:`DEFAULT_EXCLUDE`).
-    calibration : iterable of model inputs, optional
+    calibration : iterable of model inputs or of str, optional
         Batches to calibrate on (each a LongTensor of token ids, or a dict of keyword arguments of
-        ``model``). Then every layer is coded against ``H = X^T X`` of its own inputs (GPTQ-style,
+        ``model``), or texts: joined by blank lines, tokenized with ``tokenizer`` and cut into
+        windows of ``window`` tokens (one batch each; ``use_cache=False`` is passed). Then every layer is coded against ``H = X^T X`` of its own inputs (GPTQ-style,
         :mod:`lrmath.kashin.gptq`), block by block: the inputs of the first repeated block (the
         ``nn.ModuleList`` holding most targets, e.g. a transformer's layers) are captured once, each
         block is run on them with forward hooks on its linears, its linears are quantized, and the
@@ -296,6 +297,9 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
     targets = [(n, m) for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and (include is None or _match(n, include)) and not _match(n, exclude)]
     if calibration is not None:
+        calibration = list(calibration)
+        if calibration and all(isinstance(c, str) for c in calibration):
+            calibration = _text_windows(calibration, tokenizer, window)
         return calibrated_quantize_model(model, bits, [n for n, _ in targets], calibration, progress=progress, **kw)
     for name, lin in targets:
         _set_module(model, name, KashinLinear.from_linear(lin, bits, **kw))
@@ -305,6 +309,21 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
 
 class _Stop(Exception):
     pass
+
+
+def _text_windows(texts, tokenizer, window):
+    """Texts -> batches ``{"input_ids": (1, window), "use_cache": False}`` (the last partial window dropped
+    unless it is the only one)."""
+    if tokenizer is None:
+        raise ValueError("calibration texts need tokenizer= (a callable returning {'input_ids': [...]})")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ValueError(f"window must be an integer >= 2, got {window!r}")
+    ids = list(tokenizer("\n\n".join(texts))["input_ids"])
+    if not ids:
+        raise ValueError("calibration texts tokenize to nothing")
+    n = max(1, len(ids) // window)
+    return [{"input_ids": torch.as_tensor(ids[i * window:(i + 1) * window])[None], "use_cache": False}
+            for i in range(n)]
 
 
 def _call(model, item):
