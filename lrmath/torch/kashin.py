@@ -5,6 +5,13 @@
 building the dense ``W_hat``: the factors (or, for blocks that straddle rows, the decoded rows) are
 expanded ``chunk_rows`` output rows at a time, inside a custom autograd function that saves no
 tensor for backward (``dx = dy W_hat`` is recomputed the same way; the quantized weight is frozen).
+
+FORMAT.md version 2 entries work the same way: the rows layout (row-aligned column blocks, one
+operator and table per block) transforms the input blockwise, and stored low-rank compensation
+factors add ``(x A^T) B^T`` (never ``B A``). ``quantize_model(..., calibration=batches)`` codes every
+layer against its own inputs (GPTQ-style, block by block, each block seeing the quantized blocks
+before it; :func:`calibrated_quantize_model`). LoRA over a frozen ``KashinLinear`` lives in
+:mod:`lrmath.torch.kashin_lora`.
 """
 
 from __future__ import annotations
