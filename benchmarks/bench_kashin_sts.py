@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 (36 encoder linears quantized; embeddings and pooler float), STS-B *test* split
 (1,379 pairs), Spearman x 100 of cosine vs gold (``lrmath.eval.sts_spearman``). Calibration inputs:
 the first ``--cal-sentences`` sentences of the STS-B *train* split (never the test split), padded
-batches of 32. ``bpw``: parameter-weighted mean of the stored bits per weight of the 36 matrices.
+batches of 32; rows marked ``nopad``: the first 512 train sentences in batches of equal token length
+(no padding). ``bpw``: parameter-weighted mean of the stored bits per weight of the 36 matrices.
 Rows are cached one file each in ``<out>/kashin_sts_cpu.rows/`` (resumable).
 """
 
@@ -22,6 +23,10 @@ ROWS = [
     ("kashin-2", "kashin", 2, {}),
     ("kashin-cal-2", "kashin-cal", 2, {}),
     ("kashin-cal-2-lqer", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8}),
+    # calibration without padding: sentences bucketed by token length (padding positions would enter
+    # H = X^T X with states no real input produces), 512 sentences, damping 0.1 for the small sample
+    ("kashin-cal-2-nopad", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1}),
+    ("kashin-cal-2-nopad-lqer", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
     ("hqq-g64-2", "hqq", 2, {"group": 64}),
     ("rtn-g64-2", "rtn", 2, {"group": 64}),
 ]
@@ -59,6 +64,15 @@ def run(args) -> dict:
     for i in range(0, len(sents), 32):
         enc = tok(sents[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
         cal.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    nopad = []
+    by_len: dict = {}
+    for snt in [x for a, b, _ in train for x in (a, b)][:512]:
+        ids = tok(snt, truncation=True, max_length=128)["input_ids"]
+        by_len.setdefault(len(ids), []).append(ids)
+    for L, group in sorted(by_len.items()):
+        for i in range(0, len(group), 32):
+            x = torch.as_tensor(group[i:i + 32])
+            nopad.append({"input_ids": x, "attention_mask": torch.ones_like(x)})
     names = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("encoder.")]
     for rid, method, bits, opts in ROWS:
         if args.rows is not None and rid not in args.rows or (cdir / f"{rid}.json").exists():
@@ -68,7 +82,9 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         tot, cnt = 0.0, 0
         if method == "kashin-cal":
-            quantize_model(model, bits, include=names, exclude=(), calibration=cal, **opts)
+            kw = {k: v for k, v in opts.items() if k != "cal"}
+            quantize_model(model, bits, include=names, exclude=(), calibration=nopad if opts.get("cal") == "nopad" else cal,
+                           **kw)
             for n in names:
                 kl = model.get_submodule(n)
                 tot += kl.bits_per_weight * kl.in_features * kl.out_features
