@@ -113,6 +113,20 @@ def test_lowrank_init_starts_at_the_compensated_base_and_trains():
         KashinLoRALinear(copy.deepcopy(layer), 2, init="lowrank")
 
 
+def test_padding_rows_left_out_of_h():
+    from lrmath.torch.kashin import _hessian_hooks
+
+    lin = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    H, state = {}, {"mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
+    hooks = _hessian_hooks(lin, ["0"], H, state)
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    lin.double()(x)
+    for h in hooks:
+        h.remove()
+    real = torch.stack([x[0, 0], x[0, 1], x[1, 0]])
+    assert_close(H["0"], real.T @ real, rtol=1e-12, atol=1e-12)
+
+
 def test_calibrated_quantize_model_tiny_llama(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -353,13 +353,19 @@ def _find_blocks(model, names):
     return best, best_name
 
 
-def _hessian_hooks(model, names, H):
+def _hessian_hooks(model, names, H, state=None):
+    """Accumulate ``H[n] += X^T X`` of each linear's inputs; rows at padding positions are skipped when
+    ``state["mask"]`` holds the current batch's attention mask (b, s) and the input is (b, s, in)."""
     hooks = []
     for n in names:
         mod = model.get_submodule(n)
 
         def hook(m, inputs, output, n=n):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
+            x = inputs[0].detach()
+            mask = (state or {}).get("mask")
+            if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask.bool()]
+            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
             if n not in H:
                 H[n] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
             H[n].addmm_(x.T, x)
@@ -382,7 +388,8 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
 
     The decision on what "sequential" means here: per repeated block (GPTQ's choice); within a
     block, all linears see the block's inputs through the unquantized block (q/k/v and o_proj are
-    calibrated on one pass), then the quantized block produces the next block's inputs.
+    calibrated on one pass), then the quantized block produces the next block's inputs. Batches
+    given as dicts with an ``attention_mask`` (b, s) leave their padding positions out of ``H``.
     """
     from .._progress import progress as _bar
 
@@ -394,6 +401,8 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
     model.eval()
     blocks, bname = _find_blocks(model, names)
     done: list[str] = []
+    masks = [item.get("attention_mask") if isinstance(item, dict) else None for item in batches]
+    state: dict = {}
     if blocks is not None:
         store = []
 
@@ -417,11 +426,13 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
             blk = blocks[i]
             if mine:
                 H: dict = {}
-                hooks = _hessian_hooks(model, mine, H)
+                hooks = _hessian_hooks(model, mine, H, state)
                 try:
-                    for args, kwargs in store:
+                    for (args, kwargs), mask in zip(store, masks):
+                        state["mask"] = mask
                         blk(*args, **kwargs)
                 finally:
+                    state["mask"] = None
                     for hk in hooks:
                         hk.remove()
                 _quantize_with(model, [n for n in mine if n in H], H, bits, kw)
@@ -435,11 +446,13 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
     rest = [n for n in names if n not in done]
     if rest:  # outside the repeated blocks: one full pass with the rest of the model quantized
         H = {}
-        hooks = _hessian_hooks(model, rest, H)
+        hooks = _hessian_hooks(model, rest, H, state)
         try:
-            for item in batches:
+            for item, mask in zip(batches, masks):
+                state["mask"] = mask
                 _call(model, item)
         finally:
+            state["mask"] = None
             for hk in hooks:
                 hk.remove()
         _quantize_with(model, [n for n in rest if n in H], H, bits, kw)
