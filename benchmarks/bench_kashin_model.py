@@ -298,6 +298,8 @@ def _write(cache, args, write_results):
                       "loss_first10", "loss_last10")}}
     notes = ("Perplexity (lower is better) of SmolLM2-135M on held-out lee-news text; bpw counts every stored byte of "
              "the quantized decoder linears. Rows that are missing did not finish in the session. Command: "
-             "`nice -n 10 python -m benchmarks kashin_model` (resumable).")
+             f"`nice -n 10 python -m benchmarks kashin_model --max-tokens {args.max_tokens} --cal-windows {args.cal_windows}` "
+             "(resumable; several workers may run disjoint --rows). quantize_s is wall time on a 2-core machine shared "
+             "by several sessions (load average 11-17 during these runs), so it overstates the cost several times.")
     write_results("kashin_model", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}
