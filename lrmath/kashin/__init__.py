@@ -5,7 +5,10 @@ Public API
 ----------
 ``decompose(x, Q, method=...)``      Kashin representation ``x = u + Q v`` of many blocks at once
 ``quantize(W, bits=2, ...)``         -> :class:`KashinQuantized` (dequantize, linear/matmul/rmatmul,
-                                     save/load in the format of ``FORMAT.md``)
+                                     save/load in the format of ``FORMAT.md``); ``calibration=H``
+                                     (``X^T X``) for GPTQ-style output-error coding (:mod:`.gptq`),
+                                     ``rank=``/``rank_bpw=`` for LoftQ/LQER compensation
+                                     (:mod:`.lowrank`), ``layout="rows"``, ``split=(bu, bv)``
 ``load(path, name=None)``            read a quantized file (``KashinQuantized.load``)
 ``load_entries(path)``               every quantized matrix of a checkpoint
 ``rtn_quantize(W, bits, group)``     round-to-nearest baseline with per-group scale/zero

@@ -45,8 +45,12 @@ VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 META_KEY = "lrmath.kashin"
 TENSORS = ("codes_u", "codes_v", "scale_u", "scale_v", "table_u", "table_v")
+# version 2: optional tensors of the low-rank compensation ``W ~ W_hat + B A`` (FORMAT.md), in the
+# order they enter the checksum after the six above
+EXTRA_TENSORS = ("lowrank_a", "lowrank_bt", "lowrank_a_scale", "lowrank_bt_scale")
 _DTYPES = {"codes_u": np.uint8, "codes_v": np.uint8, "scale_u": np.float16, "scale_v": np.float16,
-           "table_u": np.float32, "table_v": np.float32}
+           "table_u": np.float32, "table_v": np.float32, "lowrank_a_scale": np.float16,
+           "lowrank_bt_scale": np.float16}
 
 
 @public(finite=False)
@@ -175,6 +179,7 @@ def write_checkpoint(path, entries: Mapping[str, dict], plain: Mapping[str, np.n
     from safetensors.numpy import save_file
 
     tensors: dict[str, np.ndarray] = {}
+    # always the current version: its checksum covers the header fields as well as the tensors
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "entries": {}}
     for name, e in entries.items():
         if not isinstance(name, str) or not name or ".kashin." in name:
@@ -270,6 +275,55 @@ def entry_tensor_names(meta: Mapping[str, Any], version: int = VERSION) -> list[
     return names
 
 
+def entry_layout(meta: Mapping[str, Any]) -> tuple[str, list[int]]:
+    """``(layout, column blocks)`` of an entry: ``("flat", [])`` (version 1) or ``("rows", sizes)``."""
+    layout = meta.get("layout", "flat")
+    if layout == "flat":
+        return "flat", []
+    if layout != "rows":
+        raise ValueError(f"unknown layout {layout!r}")
+    return "rows", [int(b) for b in meta["blocks"]]
+
+
+def expected_sizes(meta: Mapping[str, Any]) -> dict[str, int]:
+    """Element counts of every tensor an entry must hold (FORMAT.md), keyed by tensor name."""
+    out, inn = (int(s) for s in meta["shape"])
+    bu, bv = int(meta["bits_u"]), int(meta["bits_v"])
+    layout, blocks = entry_layout(meta)
+    if layout == "flat":
+        N = int(meta["block"])
+        B = -(-(out * inn) // N)
+        exp = {"codes_u": B * N * bu // 8, "codes_v": B * N * bv // 8, "scale_u": B, "scale_v": B,
+               "table_u": 1 << bu, "table_v": 1 << bv}
+    else:
+        k = len(blocks)  # one table per column block
+        exp = {"codes_u": out * inn * bu // 8, "codes_v": out * inn * bv // 8, "scale_u": out * k,
+               "scale_v": out * k, "table_u": k << bu, "table_v": k << bv}
+    lr = meta.get("lowrank")
+    if lr:
+        r, lb = int(lr["rank"]), int(lr["bits"])
+        if lb == 16:
+            exp.update(lowrank_a=r * inn, lowrank_bt=r * out)
+        else:
+            exp.update(lowrank_a=-(-r * inn * lb // 8), lowrank_bt=-(-r * out * lb // 8),
+                       lowrank_a_scale=r, lowrank_bt_scale=r)
+    return exp
+
+
+def _check_layout(where, meta, out, inn, N, bu, bv, basis):
+    layout, blocks = entry_layout(meta)
+    if layout == "flat":
+        if not isinstance(basis, dict) or basis.get("n") != N:
+            raise FormatError(f"{where}: basis {basis!r} does not describe an operator of size {N}")
+        return
+    bases = meta.get("bases")
+    if (not blocks or sum(blocks) != inn or any(b < 1 for b in blocks) or inn % 8
+            or not isinstance(bases, list) or len(bases) != len(blocks)
+            or any(not isinstance(s, dict) or s.get("n") != b for s, b in zip(bases, blocks))):
+        raise FormatError(f"{where}: rows layout with blocks {blocks!r} and bases {bases!r} does not cover in = {inn} "
+                          "(sizes must sum to in, in a multiple of 8, one basis of matching size per block)")
+
+
 @public(finite=False)
 def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray], *, version: int = VERSION) -> None:
     """Check an entry's fields, tensor dtypes and sizes, table order, scales and checksum (FORMAT.md)."""
@@ -289,34 +343,39 @@ def validate_entry(path, name: str, meta: dict, tensors: Mapping[str, np.ndarray
             raise TypeError("shape, block and bits must be integers")
         if len(meta["shape"]) != 2:
             raise ValueError("shape must be [out, in]")
+        expect = expected_sizes(meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where}: missing or malformed field ({exc!r})") from exc
     if out < 1 or inn < 1 or N < 8 or N % 8 or not (1 <= bu <= 7 and 1 <= bv <= 7):
         raise FormatError(f"{where}: fields out of range (shape={meta['shape']}, block={N}, bits_u={bu}, bits_v={bv})")
-    if not isinstance(basis, dict) or basis.get("n") != N:
-        raise FormatError(f"{where}: basis {basis!r} does not describe an operator of size {N}")
-    B = -(-(out * inn) // N)
-    expect = {"codes_u": B * N * bu // 8, "codes_v": B * N * bv // 8, "scale_u": B, "scale_v": B,
-              "table_u": 1 << bu, "table_v": 1 << bv}
-    for t in TENSORS:
+    _check_layout(where, meta, out, inn, N, bu, bv, basis)
+    lr = meta.get("lowrank")
+    if lr and (int(lr.get("bits", 0)) not in (16, 8, 4) or not 1 <= int(lr.get("rank", 0)) <= min(out, inn)):
+        raise FormatError(f"{where}: lowrank {lr!r} out of range (bits 16, 8 or 4; 1 <= rank <= min(out, in))")
+    lr_dtype = {"lowrank_a": np.float16 if lr and int(lr["bits"]) == 16 else np.uint8}
+    lr_dtype["lowrank_bt"] = lr_dtype["lowrank_a"]
+    extra = set(tensors) - set(TENSORS) - set(expect)
+    if extra:
+        raise FormatError(f"{where}: unexpected tensors {sorted(extra)} for this entry's fields")
+    for t in expect:
         if t not in tensors:
             raise FormatError(f"{where}: tensor {name}.kashin.{t} is missing")
         a = tensors[t]
-        if not isinstance(a, np.ndarray):
-            raise FormatError(f"{where}: {t} is not an array ({type(a).__name__})")
-        if a.dtype != _DTYPES[t]:
-            raise FormatError(f"{where}: {t} has dtype {a.dtype}, expected {np.dtype(_DTYPES[t])}")
+        want = _DTYPES.get(t) or lr_dtype[t]
+        if a.dtype != want:
+            raise FormatError(f"{where}: {t} has dtype {a.dtype}, expected {np.dtype(want)}")
         if a.ndim != 1 or a.size != expect[t]:
             raise FormatError(f"{where}: {t} has shape {a.shape}, expected ({expect[t]},) for shape {(out, inn)}, block {N}")
-    for t in ("table_u", "table_v"):
-        tab = tensors[t]
-        if not np.all(np.isfinite(tab)) or np.any(np.diff(tab) <= 0):
+    for t, b in (("table_u", bu), ("table_v", bv)):
+        tab = tensors[t].reshape(-1, 1 << b)
+        if not np.all(np.isfinite(tab)) or np.any(np.diff(tab, axis=-1) <= 0):
             raise FormatError(f"{where}: {t} is not finite and strictly ascending")
     for t in ("scale_u", "scale_v"):
         if not np.all(np.isfinite(tensors[t].astype(np.float32))):
             raise FormatError(f"{where}: {t} holds NaN/Inf block scales")
     names = entry_tensor_names(meta, version)
+    if version >= 2 and sorted(names) != sorted(expect):
+        raise FormatError(f"{where}: field 'tensors' lists {sorted(names)}, the entry's fields need {sorted(expect)}")
     if entry_checksum(tensors, meta, version=version) != digest:
         covered = "header fields and tensors" if version >= 2 else "tensors"
         raise FormatError(f"{where}: SHA-256 mismatch over the entry's {covered} (the file was modified or is corrupt)")
-    del names

