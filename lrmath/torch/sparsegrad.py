@@ -50,7 +50,7 @@ from torch import nn
 from .. import ops as _ops
 from ..errors import ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
-from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
+from ..sparsegrad.sddmm import route_model, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
@@ -113,8 +113,9 @@ def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.
     I, ri = np.unique(r, return_inverse=True)
     J, ci = np.unique(c, return_inverse=True)
     block = I.size * J.size
-    # Dense |I| x |J| block route when it is small and well filled (same rule as sddmm.route_cost)
-    dense = block <= dense_cap * max(idx.size, 1) and block <= GEMM_SPEEDUP * idx.size
+    # Dense |I| x |J| block when it is small (a memory bound: never near a dense (n, m) matrix)
+    # and the machine's calibrated route model (sddmm.route_model, torch) predicts it faster
+    dense = block <= dense_cap * max(idx.size, 1) and route_model("torch").choose(t_hint, I.size, J.size, idx.size) == "dense"
     return I, J, ri.astype(np.int64), ci.astype(np.int64), dense
 
 
@@ -427,7 +428,8 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
             acc = GramAccumulator(n, m, normalize=normalize, decay=decay)
             for g in gl:
                 acc.update(g)
-            U, V = acc.bases(dtype=np.float64)
+            # float32 eigensolver unless the model is float64 (half the time; the layer stores its dtype anyway)
+            U, V = acc.bases(dtype=np.float64 if lin.weight.dtype == torch.float64 else np.float32)
         else:
             U, V = _basis(basis, n, seed), _basis(basis, m, seed)
         sel = IndexSelector((n, m), density=k_density, pool=None, decay=decay)

@@ -1,0 +1,146 @@
+"""Classification tasks for the fine-tuning table: loading, seeded splits, tokenization.
+
+Splits (decisions.md, "Real models and data"): ``mr-polarity`` -- the movie-review
+sentences with a non-zero mean score, label = sign, shuffled with the split seed, then
+8,000 train / 1,000 validation / the rest test; ``trec`` -- the question-classification
+lines deduplicated on the question text (first occurrence kept), 6 coarse classes,
+shuffled, then 80 / 10 / 10 %. The split seed is fixed (0) and independent of the
+training seed, so every method and seed sees the same test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["TASKS", "Task", "load_task", "make_task", "split_indices"]
+
+#: Task names accepted by :func:`load_task`.
+TASKS = ("mr-polarity", "trec")
+TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+
+
+@dataclass
+class Task:
+    """Texts and integer labels of one task, split into train / validation / test.
+
+    ``splits[name]`` is ``(texts, labels)`` with ``labels`` an int64 array; ``classes`` names
+    the label values ``0 .. C-1``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    splits: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v[0]) for k, v in self.splits.items()}
+
+
+def split_indices(n: int, sizes: Sequence[int | None], seed: int = 0) -> list[np.ndarray]:
+    """A seeded permutation of ``range(n)`` cut into consecutive parts of ``sizes``
+    (one ``None`` takes the rest)."""
+    from .. import rng
+
+    order = np.argsort(rng.random_bits(int(seed), 7, n), kind="stable")
+    fixed = sum(s for s in sizes if s is not None)
+    if fixed > n:
+        raise ValueError(f"split sizes {list(sizes)} exceed the {n} examples")
+    parts, at = [], 0
+    for s in sizes:
+        s = n - fixed if s is None else s
+        parts.append(order[at:at + s])
+        at += s
+    return parts
+
+
+def make_task(name: str, texts: Sequence[str], labels: Sequence[int], classes: Sequence[str], sizes, seed: int = 0) -> Task:
+    """A :class:`Task` from texts and labels cut by :func:`split_indices` into train / validation / test."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(texts) != labels.size:
+        raise ValueError(f"{len(texts)} texts but {labels.size} labels")
+    task = Task(name, tuple(classes))
+    for key, idx in zip(("train", "validation", "test"), split_indices(len(texts), sizes, seed)):
+        task.splits[key] = ([texts[i] for i in idx], labels[idx])
+    return task
+
+
+def _records(obj) -> list:
+    """Rows of whatever a :mod:`lrmath.data` loader returns (a list of records, or a mapping
+    holding one list per split, which is flattened: this module makes its own split)."""
+    if isinstance(obj, dict):
+        rows = []
+        for key in ("train", "validation", "dev", "test", "all", "rows", "data"):
+            if key in obj and isinstance(obj[key], (list, tuple)):
+                rows.extend(obj[key])
+        if rows:
+            return rows
+    return list(obj)
+
+
+def _field(row, names, pos):
+    if isinstance(row, dict):
+        for n in names:
+            if n in row:
+                return row[n]
+        raise KeyError(f"record has none of {names}: {sorted(row)}")
+    return getattr(row, names[0]) if hasattr(row, names[0]) else row[pos]
+
+
+def _mr_polarity(load: Callable[[], Any] | None) -> Task:
+    from .. import data
+
+    raw = _records((load or data.mr_polarity)())
+    texts, labels = [], []
+    for row in raw:
+        text = _field(row, ("text", "sentence"), -1)
+        if isinstance(row, dict) and "label" in row:
+            lab = int(row["label"])
+        else:
+            score = float(_field(row, ("score",), 1))
+            if score == 0.0:
+                continue  # neither polarity
+            lab = int(score > 0)
+        texts.append(str(text))
+        labels.append(lab)
+    return make_task("mr-polarity", texts, labels, ("negative", "positive"), (8000, 1000, None))
+
+
+def _trec(load: Callable[[], Any] | None) -> Task:
+    from .. import data
+
+    raw = _records((load or data.trec)())
+    seen, texts, labels = set(), [], []
+    for row in raw:
+        if isinstance(row, str):
+            coarse, _, question = row.partition(" ")
+            coarse = coarse.split(":")[0]
+        else:
+            question = str(_field(row, ("text", "question"), -1))
+            coarse = str(_field(row, ("coarse", "label", "label_coarse"), 0)).split(":")[0]
+        question = question.strip()
+        if question in seen:
+            continue
+        seen.add(question)
+        texts.append(question)
+        labels.append(TREC_CLASSES.index(coarse) if coarse in TREC_CLASSES else int(coarse))
+    n = len(texts)
+    n_val = n_test = int(round(0.1 * n))
+    return make_task("trec", texts, labels, TREC_CLASSES, (n - n_val - n_test, n_val, n_test))
+
+
+def load_task(name: str, *, load: Callable[[], Any] | None = None) -> Task:
+    """The task ``name`` (one of :data:`TASKS`) from the pinned data of :mod:`lrmath.data`.
+
+    ``load`` replaces the fetcher (tests pass a function returning local records).
+    """
+    if name == "mr-polarity":
+        return _mr_polarity(load)
+    if name == "trec":
+        return _trec(load)
+    raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
