@@ -17,6 +17,7 @@ __all__ = [
     "DeviceError",
     "FormatError",
     "BackendUnavailableError",
+    "FetchError",
 ]
 
 
@@ -54,3 +55,11 @@ class FormatError(LrmathError, ValueError):
 
 class BackendUnavailableError(LrmathError, ImportError):
     """An optional backend (CuPy, Numba, torch, a GPU) is not available."""
+
+
+class FetchError(LrmathError, OSError):
+    """A pinned model or data set (:mod:`lrmath.data.fetch`) could not be fetched or verified.
+
+    Offline, a hash mismatch, a member missing from the archive, or an unknown item; the
+    message names the package and what to do.
+    """
