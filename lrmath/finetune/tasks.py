@@ -70,65 +70,26 @@ def make_task(name: str, texts: Sequence[str], labels: Sequence[int], classes: S
     return task
 
 
-def _records(obj) -> list:
-    """Rows of whatever a :mod:`lrmath.data` loader returns (a list of records, or a mapping
-    holding one list per split, which is flattened: this module makes its own split)."""
-    if isinstance(obj, dict):
-        rows = []
-        for key in ("train", "validation", "dev", "test", "all", "rows", "data"):
-            if key in obj and isinstance(obj[key], (list, tuple)):
-                rows.extend(obj[key])
-        if rows:
-            return rows
-    return list(obj)
-
-
-def _field(row, names, pos):
-    if isinstance(row, dict):
-        for n in names:
-            if n in row:
-                return row[n]
-        raise KeyError(f"record has none of {names}: {sorted(row)}")
-    return getattr(row, names[0]) if hasattr(row, names[0]) else row[pos]
-
-
 def _mr_polarity(load: Callable[[], Any] | None) -> Task:
     from .. import data
 
-    raw = _records((load or data.mr_polarity)())
-    texts, labels = [], []
-    for row in raw:
-        text = _field(row, ("text", "sentence"), -1)
-        if isinstance(row, dict) and "label" in row:
-            lab = int(row["label"])
-        else:
-            score = float(_field(row, ("score",), 1))
-            if score == 0.0:
-                continue  # neither polarity
-            lab = int(score > 0)
-        texts.append(str(text))
-        labels.append(lab)
+    rows = (load or data.mr_polarity)()  # (text, label, score), neutral sentences left out
+    texts = [str(r[0]) for r in rows]
+    labels = [int(r[1]) for r in rows]
     return make_task("mr-polarity", texts, labels, ("negative", "positive"), (8000, 1000, None))
 
 
 def _trec(load: Callable[[], Any] | None) -> Task:
     from .. import data
 
-    raw = _records((load or data.trec)())
+    rows = (load or data.trec)()  # (question, coarse, fine), deduplicated by question
     seen, texts, labels = set(), [], []
-    for row in raw:
-        if isinstance(row, str):
-            coarse, _, question = row.partition(" ")
-            coarse = coarse.split(":")[0]
-        else:
-            question = str(_field(row, ("text", "question"), -1))
-            coarse = str(_field(row, ("coarse", "label", "label_coarse"), 0)).split(":")[0]
-        question = question.strip()
+    for question, coarse, *_ in rows:
         if question in seen:
             continue
         seen.add(question)
-        texts.append(question)
-        labels.append(TREC_CLASSES.index(coarse) if coarse in TREC_CLASSES else int(coarse))
+        texts.append(str(question))
+        labels.append(TREC_CLASSES.index(coarse))
     n = len(texts)
     n_val = n_test = int(round(0.1 * n))
     return make_task("trec", texts, labels, TREC_CLASSES, (n - n_val - n_test, n_val, n_test))
