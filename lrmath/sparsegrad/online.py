@@ -79,10 +79,11 @@ class OnlineBasis:
         self.V: LearnedBasis | None = None
         self.indices: np.ndarray | None = None
 
-    def update(self, G, *, gram: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+    def update(self, G, *, gram: tuple[np.ndarray, np.ndarray] | None = None, refresh: bool | None = None) -> bool:
         """Add one gradient ``G (n, m)``; refresh when due. Returns True if it refreshed.
 
-        ``gram`` may pass precomputed ``(G G^T, G^T G)`` (the study reuses them across variants).
+        ``gram`` may pass precomputed ``(G G^T, G^T G)`` (the study reuses them across variants);
+        ``refresh=False`` only accumulates (a warm-up), ``True`` forces a refresh.
         """
         check_array(G, "G", shape=(self.n, self.m))
         g = np.asarray(to_numpy(G), dtype=np.float64)
@@ -99,7 +100,8 @@ class OnlineBasis:
         self.B += w * b
         self.recent.append((g, w))
         self.steps += 1
-        if self.steps % self.refresh_every == 0 or self.U is None:
+        due = self.steps % self.refresh_every == 0 or self.U is None
+        if refresh if refresh is not None else due:
             self.refresh()
             return True
         return False
