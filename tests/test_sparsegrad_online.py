@@ -71,3 +71,35 @@ def test_tracks_a_drifting_subspace_where_a_one_off_fit_does_not():
     online = [_share(g, ob.U, ob.V, ob.indices) for g in later[4:]]
     one_off = [_share(g, U0, V0, idx0) for g in later[4:]]
     assert min(online) > 0.95 and max(one_off) < 0.2
+
+
+def test_layer_refresh_rotates_adam_state_into_the_new_basis():
+    torch = pytest.importorskip("torch")
+    from lrmath.sparsegrad import LearnedBasis
+    from lrmath.torch import SparseGradLinear
+
+    r = np.random.default_rng(3)
+    n, m = 9, 7
+    Uo, Vo, Un, Vn = _orth(r, n, n), _orth(r, m, m), _orth(r, n, n), _orth(r, m, m)
+    old = np.sort(r.choice(n * m, 15, replace=False))
+    new = np.sort(r.choice(n * m, 12, replace=False))
+    lay = SparseGradLinear(torch.randn(n, m, dtype=torch.float64), None, LearnedBasis(Uo), LearnedBasis(Vo), old)
+    opt = torch.optim.AdamW([lay.delta], lr=1e-2)
+    x = torch.randn(5, m, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        lay(x).pow(2).sum().backward()
+        opt.step()
+    y_before = lay(x).detach()
+    st = opt.state[lay.delta]
+    m1, m2 = np.zeros(n * m), np.zeros(n * m)
+    m1[old], m2[old] = st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()
+    m1, m2 = m1.reshape(n, m), m2.reshape(n, m)
+    lay.refresh(new, optimizer=opt, U=LearnedBasis(Un), V=LearnedBasis(Vn), rotate_state=True)
+    # naive oracle with the full orthogonal matrices
+    want1 = (Un.T @ Uo @ m1 @ Vo.T @ Vn).ravel()[new]
+    want2 = ((Un.T @ Uo) ** 2 @ m2 @ (Vo.T @ Vn) ** 2).ravel()[new]
+    np.testing.assert_allclose(st["exp_avg"].numpy(), want1, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(st["exp_avg_sq"].numpy(), want2, rtol=1e-10, atol=1e-18)
+    assert np.all(st["exp_avg_sq"].numpy() >= 0)
+    torch.testing.assert_close(lay(x).detach(), y_before)  # delta folded into W_0: same function
