@@ -82,12 +82,16 @@ class RouteModel:
             raise ValueError("route model coefficients must be finite and >= 0")
         self.source = source
 
-    def predict(self, t: int, rows: int, cols: int, nnz: int) -> dict:
+    def predict(self, t: int, rows: int, cols: int, nnz: int, *, overhead: bool = True) -> dict:
+        """Predicted seconds of each route; ``overhead=False`` drops the per-call terms (a caller
+        such as the torch layer that precomputes the index structure does not pay them)."""
         fd, fs = _features(t, rows, cols, nnz)
+        if not overhead:
+            fd[0] = fs[0] = 0.0
         return {"dense": float(fd @ self.dense), "sparse": float(fs @ self.sparse)}
 
-    def choose(self, t: int, rows: int, cols: int, nnz: int) -> str:
-        p = self.predict(t, rows, cols, nnz)
+    def choose(self, t: int, rows: int, cols: int, nnz: int, *, overhead: bool = True) -> str:
+        p = self.predict(t, rows, cols, nnz, overhead=overhead)
         return "dense" if p["dense"] <= p["sparse"] else "sparse"
 
     @property
@@ -342,7 +346,7 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
         parts = []
         for j, a in enumerate(range(0, I.size, step)):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
-            C = xp.reshape(AIt[a:a + step] @ BJ, (-1,))
+            C = xp.reshape(AIt[a:a + step, :] @ BJ, (-1,))
             flat = ((ri[lo:hi] - a) * J.size + ci[lo:hi]).astype(np.int64)
             parts.append(C[flat] if is_numpy(C) else xp.take(C, like(flat, C), axis=0))
         return parts[0] if len(parts) == 1 else xp.concat(parts)

@@ -115,7 +115,7 @@ def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.
     block = I.size * J.size
     # Dense |I| x |J| block when it is small (a memory bound: never near a dense (n, m) matrix)
     # and the machine's calibrated route model (sddmm.route_model, torch) predicts it faster
-    dense = block <= dense_cap * max(idx.size, 1) and route_model("torch").choose(t_hint, I.size, J.size, idx.size) == "dense"
+    dense = block <= dense_cap * max(idx.size, 1) and route_model("torch").choose(t_hint, I.size, J.size, idx.size, overhead=False) == "dense"
     return I, J, ri.astype(np.int64), ci.astype(np.int64), dense
 
 
