@@ -42,14 +42,17 @@ def _study(ctx, steps, blocks, density, n_pairs, bases=None):
 
 @command("sparsegrad", help="SparseGrad: gradient energy kept at a density per basis, on the default model")
 def _args(parser):
-    parser.add_argument("--steps", type=int, default=12, help="fine-tuning steps captured (default 12)")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps captured (default 12; 40 with LRMATH_SCALE=full)")
     parser.add_argument("--blocks", type=int, nargs="*", default=None, help="encoder blocks (default all 6)")
     parser.add_argument("--density", type=float, default=0.01, help="fraction of entries kept (default 0.01)")
-    parser.add_argument("--pairs", type=int, default=8, help="sentence pairs per batch")
+    parser.add_argument("--pairs", type=int, default=None, help="sentence pairs per batch (default 8; 16 with LRMATH_SCALE=full)")
     return _run
 
 
 def _run(args, ctx):
+    full = ctx.scale == "full"
+    args.steps = args.steps if args.steps is not None else (40 if full else 12)
+    args.pairs = args.pairs if args.pairs is not None else (16 if full else 8)
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (fit and held-out steps)")
     return _study(ctx, args.steps, args.blocks, args.density, args.pairs)
