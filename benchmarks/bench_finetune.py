@@ -59,6 +59,15 @@ def _table(out, s, args, started):
              "excluded) on the first batch; 'step / full' = median per-round ratio to full fine-tuning over "
              "interleaved rounds on one batch (range shown). Pending runs: "
              + (", ".join(out["pending"]) if out["pending"] else "none") + ".")
+    pairs = []
+    for key, tm in out.get("timing", {}).items():
+        a, b = tm.get("lrmath-lora-qv", {}).get("rounds_s"), tm.get("peft-lora-qv", {}).get("rounds_s")
+        if a and b:
+            r = sorted(x / y for x, y in zip(a, b))
+            pairs.append(f"{key.split('|')[0]}: lrmath-lora-qv / peft-lora-qv step time {r[len(r) // 2]:.2f} "
+                         f"(range {r[0]:.2f}-{r[-1]:.2f}, {sum(x <= 1.0 for x in r)}/{len(r)} rounds faster or equal)")
+    if pairs:
+        notes += " " + "; ".join(pairs) + "."
     meta = {"settings": s.__dict__, "settings_key": s.key(), "tasks": args.tasks, "seeds": args.seeds,
             "pending": out["pending"], "minutes": (time.time() - started) / 60}
     write_results("finetune", rows, meta, device="cpu", notes=notes)

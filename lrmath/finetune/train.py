@@ -274,7 +274,7 @@ def time_steps(task: Task, methods: Sequence[str], s: Settings, base, *, rounds:
                 times[m].append(time.perf_counter() - t0)
     out = {}
     for m in methods:
-        d = {"median_s": statistics.median(times[m])}
+        d = {"median_s": statistics.median(times[m]), "rounds_s": times[m]}
         if "full" in times:
             ratio = [a / b for a, b in zip(times[m], times["full"])]
             d.update(ratio=statistics.median(ratio), ratio_min=min(ratio), ratio_max=max(ratio))
@@ -361,7 +361,8 @@ def run_table(tasks: Sequence[Task], methods: Sequence[str], s: Settings, base, 
                     rec = run_one(task, method, sd, best["lr"], s, base, splits=("test",))
                     cache.put(k, rec)
                     log(f"{k}: test {rec['accuracy']['test']:.4f} ({rec['wall_s']:.0f} s)")
-    return {"rows": summarise(cache, tasks, methods, s, seeds), "pending": pending}
+    timing = {k: v for k, v in cache.data["timing"].items() if k.endswith(s.key())}
+    return {"rows": summarise(cache, tasks, methods, s, seeds), "pending": pending, "timing": timing}
 
 
 def summarise(cache: RunCache, tasks: Sequence[Task | str], methods: Sequence[str], s: Settings, seeds: int = 3) -> list[dict]:

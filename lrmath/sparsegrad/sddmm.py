@@ -268,18 +268,22 @@ def route_cost(t: int, idx, shape, *, model: RouteModel | None = None, backend: 
     idx = check_indices(idx, shape)
     r, c = _split(idx, shape[1])
     ni, nj = np.unique(r).size, np.unique(c).size
-    sparse = 2 * t * idx.size
-    dense = 2 * t * ni * nj
+    route, pred = _choose(t, ni, nj, idx.size, model, backend, gemm_speedup, dense_cap)
+    return {"sparse": 2 * t * idx.size, "dense": 2 * t * ni * nj, "block": ni * nj, "rows": ni, "cols": nj, "route": route,
+            "predicted": pred}
+
+
+def _choose(t, ni, nj, nnz, model, backend, gemm_speedup, dense_cap):
     pred = None
     if gemm_speedup is not None:
-        route = "dense" if dense <= gemm_speedup * sparse else "sparse"
+        route = "dense" if ni * nj <= gemm_speedup * nnz else "sparse"
     else:
         model = model or route_model(backend)
-        pred = model.predict(t, ni, nj, idx.size)
+        pred = model.predict(t, ni, nj, nnz)
         route = "dense" if pred["dense"] <= pred["sparse"] else "sparse"
-    if dense_cap is not None and ni * nj > dense_cap * max(idx.size, 1):
+    if dense_cap is not None and ni * nj > dense_cap * max(nnz, 1):
         route = "sparse"
-    return {"sparse": sparse, "dense": dense, "block": ni * nj, "rows": ni, "cols": nj, "route": route, "predicted": pred}
+    return route, pred
 
 
 def _check_sampled_args(A, B, idx, shape, method: str):
@@ -331,12 +335,12 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
     if idx.size == 0:
         return xp.zeros((0,), dtype=A.dtype, **_dev(A))
     r, c = _split(idx, m)
-    if method == "auto":
-        method = route_cost(t, idx, (n, m), model=model, backend=backend_name(A), gemm_speedup=gemm_speedup,
-                            dense_cap=dense_cap)["route"]
-    if method == "dense":
+    if method in ("auto", "dense"):  # the touched rows and columns, computed once for both
         I, ri = np.unique(r, return_inverse=True)
         J, ci = np.unique(c, return_inverse=True)
+    if method == "auto":
+        method = _choose(t, I.size, J.size, idx.size, model, backend_name(A), gemm_speedup, dense_cap)[0]
+    if method == "dense":
         AI = A[:, I] if is_numpy(A) else xp.take(A, like(I, A), axis=1)
         BJ = B[:, J] if is_numpy(B) else xp.take(B, like(J, B), axis=1)
         AIt = xp.permute_dims(AI, (1, 0))
@@ -346,7 +350,7 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
         parts = []
         for j, a in enumerate(range(0, I.size, step)):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
-            C = xp.reshape(AIt[a:a + step, :] @ BJ, (-1,))
+            C = xp.reshape(AIt[a:min(a + step, I.size), :] @ BJ, (-1,))
             flat = ((ri[lo:hi] - a) * J.size + ci[lo:hi]).astype(np.int64)
             parts.append(C[flat] if is_numpy(C) else xp.take(C, like(flat, C), axis=0))
         return parts[0] if len(parts) == 1 else xp.concat(parts)
