@@ -1,6 +1,6 @@
-"""The real-model harness lrmath.data and the torch encoder lrmath.torch.model.MiniLM.
+"""The real-model harness lrmath.data and the encoder lrmath.torch.model.MiniLM (a transformers BertModel).
 
-Oracles: the ``safetensors`` package's own reader (for our memory-mapped parser),
+Oracles: the ``safetensors`` torch reader (for the NumPy reads, names, prefixes and dtypes),
 embeddings recorded from sentence-transformers 6.2.0 / transformers 5.23.0 running this
 checkpoint (for the forward; the live comparison runs with ``LRMATH_TEST_PEERS=1``),
 finite differences of the loss (for dY), and dense ``dY.T @ X`` (for the weight gradient).
@@ -113,16 +113,16 @@ def test_linear_layers_shapes_and_order():
 
 
 def test_load_weights_matches_safetensors_reader():
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     ref = load_file(str(data.model_dir() / "model.safetensors"))
     ours = data.load_weights(dtype=None)
     assert set(ours) == set(ref)
     for k, v in ref.items():
-        assert ours[k].dtype == v.dtype and ours[k].shape == v.shape
-        np.testing.assert_array_equal(ours[k], v)
+        assert ours[k].dtype == v.numpy().dtype and ours[k].shape == tuple(v.shape)
+        np.testing.assert_array_equal(ours[k], v.numpy())
     w = ours["encoder.layer.0.intermediate.dense.weight"]
-    assert w.shape == (1536, 384) and not w.flags.writeable  # memory-mapped view
+    assert w.shape == (1536, 384) and w.flags.writeable  # a copy the caller owns
     assert ours["embeddings.position_ids"].dtype == np.int64
 
 
@@ -161,15 +161,13 @@ def test_safetensors_variants(tmp_path):
     assert ws["encoder.b.weight"].dtype == np.float32 and ws["encoder.b.weight"][0, 0] == 2.0
 
     good = (tmp_path / "bf.safetensors").read_bytes()
-    (tmp_path / "trunc.safetensors").write_bytes(good[:-10])
-    with pytest.raises(FormatError, match="data_offsets"):
-        data.load_weights(path=tmp_path / "trunc.safetensors")
-    (tmp_path / "hdr.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}")
-    with pytest.raises(FormatError, match="header length"):
-        data.load_weights(path=tmp_path / "hdr.safetensors")
-    (tmp_path / "json.safetensors").write_bytes(good[:8] + b"!" + good[9:])
-    with pytest.raises(FormatError, match="corrupt"):
-        data.load_weights(path=tmp_path / "json.safetensors")
+    for name, blob in [("trunc", good[:-10]), ("hdr", (10**9).to_bytes(8, "little") + b"{}"),
+                       ("json", good[:8] + b"!" + good[9:])]:
+        (tmp_path / f"{name}.safetensors").write_bytes(blob)
+        with pytest.raises(FormatError, match=f"{name}.safetensors: corrupt or truncated"):
+            data.load_weights(path=tmp_path / f"{name}.safetensors")
+        with pytest.raises(ValueError):  # also the built-in
+            data.linear_layers(path=tmp_path / f"{name}.safetensors")
 
 
 # --------------------------------------------------------------------- the model
@@ -188,14 +186,24 @@ def test_from_pretrained_folder(tmp_path, model):
     with torch.no_grad():
         np.testing.assert_allclose(again.embed(ids, mask).numpy(), model.embed(ids, mask).numpy(), atol=1e-6)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 1024}))
-    with pytest.raises(FormatError, match="intermediate.dense.weight"):
+    with pytest.raises(FormatError, match="does not load as a BERT model"):
+        MiniLM.from_pretrained(tmp_path)
+    # a checkpoint that lacks a layer is refused, not randomly initialised
+    del state["encoder.layer.5.output.dense.bias"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match=r"missing \['encoder.layer.5.output.dense.bias'\]"):
         MiniLM.from_pretrained(tmp_path)
     with pytest.raises(TypeError, match="floating"):
         MiniLM.from_pretrained(dtype=torch.int32)
 
 
 def test_state_dict_keys_are_the_checkpoints(model):
-    assert set(model.state_dict()) == set(data.load_weights(dtype=None))
+    from transformers import BertModel
+
+    assert isinstance(model, BertModel)
+    # transformers rebuilds the constant position_ids buffer instead of storing it
+    assert set(model.state_dict()) == set(data.load_weights(dtype=None)) - {"embeddings.position_ids"}
     q = model.get_submodule("encoder.layer.0.attention.self.query")
     assert type(q) is torch.nn.Linear and tuple(q.weight.shape) == (384, 384)
     assert model.linear_names() == [n for n, _ in data.linear_layers()]
@@ -443,3 +451,26 @@ def test_capture_errors(model):
         data.capture_linears(model, n_pairs=2, layers=["encoder.layer.9.intermediate.dense"])
     with pytest.raises(ValueError, match="optimizer_lr"):
         data.capture_linears(model, n_pairs=2, optimizer_lr=-1.0)
+
+
+def test_load_smollm2_when_cached():
+    """The converted SmolLM2 copy loads in seconds; without it (fresh CI) this would fetch 93 MB."""
+    from lrmath._progress import cache_dir
+
+    sha8 = data.ITEMS["smollm2-135m"].sha256[:8]
+    if not (data.is_fetched("smollm2-135m") and os.path.isfile(
+            os.path.join(cache_dir("derived"), f"smollm2-135m-{sha8}", ".lrmath-converted"))):
+        pytest.skip("SmolLM2 is not fetched and converted here (`lrmath data fetch smollm2-135m`)")
+    from lrmath.eval import block_linears
+
+    model, tok = data.load_smollm2()
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+            c.intermediate_size, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
+    assert len(block_linears(model)) == 210 and not any(p.requires_grad for p in model.parameters())
+    ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    assert ids[0, 0] != tok.bos_token_id  # no BOS added
+    with torch.no_grad():
+        nll = model(ids, labels=ids).loss.item()
+    assert 0.5 < nll < 8.0  # a trained LM: far below log(49152) = 10.8

@@ -42,7 +42,9 @@ from .models import (
     config,
     encode,
     linear_layers,
+    load_minilm,
     load_model,
+    load_smollm2,
     load_weights,
     model_dir,
     tokenize,
@@ -50,7 +52,6 @@ from .models import (
 from .tasks import (
     _TOPICS,
     _batch_calls,
-    _hidden,
     _row_owners,
     classification_data,
     lee_news,
@@ -71,6 +72,8 @@ __all__ = [
     "load_weights",
     "linear_layers",
     "load_model",
+    "load_minilm",
+    "load_smollm2",
     "tokenize",
     "encode",
     # the built-in task

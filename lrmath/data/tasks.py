@@ -238,15 +238,6 @@ def classification_data(seed: int = 0, max_length: int = 32) -> dict[str, Any]:
     }
 
 
-def _hidden(out: Any) -> "torch.Tensor":
-    # our MiniLM returns a tensor; Hugging Face models return an object or a tuple
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
 def _batch_calls(batch: dict) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
     """The (input_ids, attention_mask) of each forward call :func:`loss` makes."""
     torch = _torch()
@@ -297,7 +288,7 @@ def loss(model: Any, batch: dict) -> "torch.Tensor":
     pooled = []
     for ids, mask in _batch_calls(batch):
         ids, mask = ids.to(device), mask.to(device)
-        pooled.append(mean_pool(_hidden(model(input_ids=ids, attention_mask=mask)), mask, normalize=False))
+        pooled.append(mean_pool(model(input_ids=ids, attention_mask=mask), mask, normalize=False))
     emb = torch.cat(pooled)
     n = batch["labels"].shape[0]
     u, v = emb[:n], emb[n:]
