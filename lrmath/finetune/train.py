@@ -66,12 +66,11 @@ class Settings:
 
 # ----------------------------------------------------------------------------- models
 def load_encoder():
-    """all-MiniLM-L6-v2 as a transformers ``BertModel`` (float32, from the installed model package)."""
-    from transformers import AutoModel
-
+    """all-MiniLM-L6-v2 as a transformers ``BertModel`` (float32, trainable; :func:`lrmath.data.load_model`:
+    the installed model package, loaded strictly offline)."""
     from .. import data
 
-    return AutoModel.from_pretrained(str(data.model_dir()))
+    return data.load_model(requires_grad=True)
 
 
 def tiny_encoder(seed: int = 0):
