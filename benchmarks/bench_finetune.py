@@ -57,7 +57,8 @@ def _table(out, s, args, started):
              "finished seeds (column 'seeds'); 'optim state MB' = AdamW tensors measured after the first step; "
              "'activations MB' = bytes autograd saved in one training forward (saved_tensors_hooks, parameters "
              "excluded) on the first batch; 'step / full' = median per-round ratio to full fine-tuning over "
-             "interleaved rounds on one batch (range shown). Pending runs: "
+             "interleaved rounds on one batch, in CPU seconds of the process with one thread (range shown); "
+             "'wall s' = mean wall time of a run on the shared machine. Pending runs: "
              + (", ".join(out["pending"]) if out["pending"] else "none") + ".")
     pairs = []
     for key, tm in out.get("timing", {}).items():

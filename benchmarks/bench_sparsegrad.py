@@ -29,6 +29,7 @@ taken and with dense basis columns (the ``columns`` route) for comparison.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -216,7 +217,8 @@ def run(args):
         speed = rt["sparse"]["median"] / rt["dense"]["median"]
         rows.append({"shape (in x out)": "256x256 block", "t": t, "method": "route: gather / GEMM time", "nnz": 256 * 256,
                      "step ms": rt["sparse"]["median"] * 1e3, "time / dense": speed})
-    notes = (f"density {args.density:g}, t = {t} tokens, float32, torch threads = {torch.get_num_threads()}. "
+    clock = "CPU seconds of the process" if os.environ.get("LRMATH_BENCH_CLOCK") == "cpu" else "wall seconds"
+    notes = (f"density {args.density:g}, t = {t} tokens, float32, torch threads = {torch.get_num_threads()}, times in {clock}. "
              "Targets (issue #5): grad+state <= 3% of dense; step time <= 1.1x dense. 'state / dense' is measured "
              "from the live .grad and AdamW state tensors; 'peak step MB' is the peak of simultaneously alive tensors "
              "created in the step (dispatch-mode tracking with frees; excludes pre-made buffers such as 'basis MB'); "
@@ -228,8 +230,6 @@ def run(args):
              "structure, not a learned basis. The 'route' rows time the sampled product's two routes on a fully "
              "filled 256x256 block (gather time / GEMM time); the route choice itself is calibrated per machine, "
              "see sparsegrad_route_cpu.md.")
-    import os
-
     meta = {"shapes": shapes, "density": args.density, "tokens": t, "loadavg_at_end": os.getloadavg()}
     write_results("sparsegrad", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}

@@ -12,7 +12,8 @@ Measured per run: trainable parameters; optimizer-state bytes (the tensors in
 forward on a fixed batch (``torch.autograd.graph.saved_tensors_hooks``: every tensor
 autograd saves for backward, counted once per storage, parameters and buffers excluded);
 wall time. Step time relative to ``full`` comes from :func:`time_steps` (every method
-built once, one step each per round, interleaved; the per-round ratio's median and range).
+built once, one step each per round, interleaved, CPU time of the process; the per-round
+ratio's median and range).
 
 The table (:func:`run_table`) chooses the rate per method on seed 0 by validation accuracy
 (ties: the smaller rate), then runs seeds 1 and 2 at it; every finished run is stored in a
@@ -245,7 +246,11 @@ def run_one(task: Task, method: str, seed: int, lr: float, s: Settings, base, *,
 def time_steps(task: Task, methods: Sequence[str], s: Settings, base, *, rounds: int = 5, seed: int = 0) -> dict:
     """Step time of each method on one fixed batch, interleaved: every round runs one
     step (forward, backward, AdamW) of each method in turn. Returns per method the median
-    seconds and the median / min / max of the per-round ratio to ``full``."""
+    seconds and the median / min / max of the per-round ratio to ``full``.
+
+    Times are CPU seconds of the process (``time.process_time``): on a shared machine the
+    wall time of a step mostly measures the other jobs; with ``Settings.threads = 1`` CPU
+    time is the step's own cost."""
     import torch
 
     if s.threads:
@@ -267,10 +272,10 @@ def time_steps(task: Task, methods: Sequence[str], s: Settings, base, *, rounds:
     times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(rounds + 1):
         for m in methods:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             step(m)
             if r:  # round 0 is the warm-up
-                times[m].append(time.perf_counter() - t0)
+                times[m].append(time.process_time() - t0)
     out = {}
     for m in methods:
         d = {"median_s": statistics.median(times[m]), "rounds_s": times[m]}

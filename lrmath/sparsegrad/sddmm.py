@@ -153,15 +153,18 @@ def _calibration_grid():
 
 
 def _measure(fn, repeats: int) -> float:
+    """CPU seconds of the process per call (``time.process_time``): unlike wall time it does not
+    count the time other processes hold the cores, so a calibration on a shared, loaded
+    machine still measures the routes' own cost (threads included)."""
     import time
 
     fn()
     best = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best.append(time.perf_counter() - t0)
-    return float(np.min(best))  # the least disturbed repeat (the machine is shared)
+        best.append(time.process_time() - t0)
+    return float(np.min(best))
 
 
 def calibrate_routes(backend: str = "numpy", *, repeats: int = 5, seed: int = 0) -> tuple[RouteModel, list[dict]]:
