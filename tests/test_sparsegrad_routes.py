@@ -12,7 +12,7 @@ from lrmath.sparsegrad import sddmm
 
 def _true_times(t, rows, cols, nnz):
     # a made-up machine: GEMM 50x faster per flop than gather-reduce, plus fixed and gather costs
-    dense = 3e-5 + 2e-11 * 2 * t * rows * cols + 4e-10 * t * (rows + cols) + 2e-9 * nnz
+    dense = 3e-5 + 2e-11 * 2 * t * rows * cols + 4e-10 * t * (rows + cols) + 5e-10 * rows * cols + 2e-9 * nnz
     sparse = 1e-5 + 1e-9 * 2 * t * nnz
     return dense, sparse
 
@@ -20,7 +20,7 @@ def _true_times(t, rows, cols, nnz):
 def _samples():
     out = []
     for t in (16, 64, 256):
-        for rows, cols in ((8, 300), (64, 64), (200, 40)):
+        for rows, cols in ((8, 300), (64, 64), (200, 40), (90, 90)):
             for nnz in (5, rows * cols // 8, rows * cols):
                 d, s = _true_times(t, rows, cols, nnz)
                 out.append({"t": t, "rows": rows, "cols": cols, "nnz": nnz, "dense": d, "sparse": s})
@@ -57,7 +57,7 @@ def test_fit_needs_enough_samples_and_rejects_bad_models():
     with pytest.raises(ValueError):
         sddmm.fit_route_model(_samples()[:2])
     with pytest.raises(ValueError):
-        sddmm.RouteModel([1, -1, 0, 0], [0, 1])
+        sddmm.RouteModel([1, -1, 0, 0, 0], [0, 1])
 
 
 def test_route_model_is_measured_once_and_cached(tmp_path, monkeypatch):

@@ -53,14 +53,15 @@ def _split(idx: np.ndarray, m: int):
 
 # ----------------------------------------------------------------------------- route model
 #: Feature names of the two routes' time models (seconds = features . coefficients):
-#: dense -- a call, the GEMM flops ``2 t |I| |J|``, the column gathers ``t (|I| + |J|)`` and
-#: the final gather ``nnz``; sparse -- a call and the gather-multiply-reduce flops ``2 t nnz``.
-DENSE_FEATURES = ("call", "gemm_flops", "column_gather", "entry_gather")
+#: dense -- a call, the GEMM flops ``2 t |I| |J|``, the column gathers ``t (|I| + |J|)``, the
+#: block written ``|I| |J|`` (a GEMM with small ``t`` is bound by its output, not its flops)
+#: and the final gather ``nnz``; sparse -- a call and the gather-multiply-reduce flops ``2 t nnz``.
+DENSE_FEATURES = ("call", "gemm_flops", "column_gather", "block", "entry_gather")
 SPARSE_FEATURES = ("call", "gather_flops")
 
 
 def _features(t: int, rows: int, cols: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
-    dense = np.array([1.0, 2.0 * t * rows * cols, float(t) * (rows + cols), float(nnz)])
+    dense = np.array([1.0, 2.0 * t * rows * cols, float(t) * (rows + cols), float(rows) * cols, float(nnz)])
     sparse = np.array([1.0, 2.0 * t * nnz])
     return dense, sparse
 
@@ -149,6 +150,9 @@ def _calibration_grid():
         for rows, cols in ((64, 64), (256, 256), (512, 128), (128, 512)):
             for fill in (1.0, 1 / 4, 1 / 16, 1 / 64):
                 out.append((t, rows, cols, max(1, int(round(fill * rows * cols)))))
+        for rows, cols in ((768, 768), (1536, 384)):  # MLP-sized blocks: large GEMMs run faster per flop
+            for fill in (1 / 16, 1 / 64, 1 / 256):
+                out.append((t, rows, cols, max(1, int(round(fill * rows * cols)))))
     return out
 
 
@@ -195,7 +199,7 @@ def calibrate_routes(backend: str = "numpy", *, repeats: int = 5, seed: int = 0)
 #: Route model used when calibration is switched off (``LRMATH_CALIBRATE=0``): the fit
 #: committed in ``benchmarks/results/sparsegrad_route_cpu.json`` ("model" entry; regenerate
 #: with ``python -m benchmarks sparsegrad_route``), NumPy float32 on the 2-core CPU.
-DEFAULT_ROUTE_MODEL = {"dense": [2.0e-5, 1.2e-11, 3.0e-10, 3.0e-9], "sparse": [2.0e-5, 1.6e-10],
+DEFAULT_ROUTE_MODEL = {"dense": [2.0e-5, 1.2e-11, 3.0e-10, 0.0, 3.0e-9], "sparse": [2.0e-5, 1.6e-10],
                        "source": "benchmarks/results/sparsegrad_route_cpu.json"}
 
 _MODELS: dict[str, RouteModel] = {}
