@@ -197,9 +197,9 @@ def calibrate_routes(backend: str = "numpy", *, repeats: int = 5, seed: int = 0)
 
 
 #: Route model used when calibration is switched off (``LRMATH_CALIBRATE=0``): the fit
-#: committed in ``benchmarks/results/sparsegrad_route_cpu.json`` ("model" entry; regenerate
-#: with ``python -m benchmarks sparsegrad_route``), NumPy float32 on the 2-core CPU.
-DEFAULT_ROUTE_MODEL = {"dense": [2.0e-5, 1.2e-11, 3.0e-10, 0.0, 3.0e-9], "sparse": [2.0e-5, 1.6e-10],
+#: committed in ``benchmarks/results/sparsegrad_route_cpu.json`` (``meta.models.numpy``; regenerate
+#: with ``python -m benchmarks sparsegrad_route --recalibrate``), NumPy float32, CPU seconds, 2-core CPU.
+DEFAULT_ROUTE_MODEL = {"dense": [0.000236, 1.53e-11, 3.5e-09, 1.05e-09, 6.16e-08], "sparse": [0.000149, 2.01e-09],
                        "source": "benchmarks/results/sparsegrad_route_cpu.json"}
 
 _MODELS: dict[str, RouteModel] = {}
@@ -274,10 +274,18 @@ def route_cost(t: int, idx, shape, *, model: RouteModel | None = None, backend: 
     """
     idx = check_indices(idx, shape)
     r, c = _split(idx, shape[1])
-    ni, nj = np.unique(r).size, np.unique(c).size
+    ni, nj = _touched(r, c, shape[1])
     route, pred = _choose(t, ni, nj, idx.size, model, backend, gemm_speedup, dense_cap)
     return {"sparse": 2 * t * idx.size, "dense": 2 * t * ni * nj, "block": ni * nj, "rows": ni, "cols": nj, "route": route,
             "predicted": pred}
+
+
+def _touched(r: np.ndarray, c: np.ndarray, m: int) -> tuple[int, int]:
+    """Distinct rows and columns of a sorted flat index set in O(nnz + m), without sorting
+    (rows are already sorted; columns are counted by a bincount)."""
+    if r.size == 0:
+        return 0, 0
+    return int(np.count_nonzero(np.diff(r))) + 1, int(np.count_nonzero(np.bincount(c, minlength=m)))
 
 
 def _choose(t, ni, nj, nnz, model, backend, gemm_speedup, dense_cap):
@@ -342,12 +350,11 @@ def sampled_product(A, B, idx, shape=None, *, method: str = "auto", chunk_elems:
     if idx.size == 0:
         return xp.zeros((0,), dtype=A.dtype, **_dev(A))
     r, c = _split(idx, m)
-    if method in ("auto", "dense"):  # the touched rows and columns, computed once for both
+    if method == "auto":
+        method = _choose(t, *_touched(r, c, m), idx.size, model, backend_name(A), gemm_speedup, dense_cap)[0]
+    if method == "dense":
         I, ri = np.unique(r, return_inverse=True)
         J, ci = np.unique(c, return_inverse=True)
-    if method == "auto":
-        method = _choose(t, I.size, J.size, idx.size, model, backend_name(A), gemm_speedup, dense_cap)[0]
-    if method == "dense":
         AI = A[:, I] if is_numpy(A) else xp.take(A, like(I, A), axis=1)
         BJ = B[:, J] if is_numpy(B) else xp.take(B, like(J, B), axis=1)
         AIt = xp.permute_dims(AI, (1, 0))
