@@ -42,6 +42,17 @@ def add_arguments(p):
     p.add_argument("--cache", default=str(RESULTS / "finetune_runs.json"))
 
 
+def _pending_summary(pending) -> str:
+    counts: dict[str, dict[str, int]] = {}
+    for key in pending:
+        task, method = key.split("|")[:2]
+        counts.setdefault(task, {})
+        counts[task][method] = counts[task].get(method, 0) + 1
+    if not counts:
+        return "none"
+    return "; ".join(f"{t}: " + ", ".join(f"{m} x {n}" for m, n in ms.items()) for t, ms in counts.items())
+
+
 def _table(out, s, args, started):
     from lrmath.finetune.methods import METHODS
 
@@ -58,8 +69,8 @@ def _table(out, s, args, started):
              "'activations MB' = bytes autograd saved in one training forward (saved_tensors_hooks, parameters "
              "excluded) on the first batch; 'step / full' = median per-round ratio to full fine-tuning over "
              "interleaved rounds on one batch, in CPU seconds of the process with one thread (range shown); "
-             "'wall s' = mean wall time of a run on the shared machine. Pending runs: "
-             + (", ".join(out["pending"]) if out["pending"] else "none") + ".")
+             "'wall s' = mean wall time of a run on the shared machine. Pending runs (task: method x runs; resume with "
+             "the same command): " + _pending_summary(out["pending"]) + ".")
     pairs = []
     for key, tm in out.get("timing", {}).items():
         a, b = tm.get("lrmath-lora-qv", {}).get("rounds_s"), tm.get("peft-lora-qv", {}).get("rounds_s")
@@ -88,7 +99,7 @@ def run(args):
     tasks = [load_task(t) for t in args.tasks]
     base = load_encoder()
     started = time.time()
-    deadline = started + 60 * args.deadline_min if args.deadline_min else None
+    deadline = started + 60 * args.deadline_min if args.deadline_min is not None else None
     cache = RunCache(None if args.quick else args.cache)
     out = run_table(tasks, methods, s, base, seeds=args.seeds, cache=cache, deadline=deadline,
                     log=lambda m: print(m, flush=True))

@@ -310,8 +310,17 @@ class RunCache:
         self.save()
 
     def save(self) -> None:
+        """Write atomically, first merging runs another process added to the file meanwhile."""
         if not self.path:
             return
+        try:
+            with open(self.path) as fh:
+                disk = json.load(fh)
+            for part in ("runs", "timing"):
+                for k, v in disk.get(part, {}).items():
+                    self.data[part].setdefault(k, v)
+        except (OSError, ValueError):
+            pass
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
