@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..registry import command, tour_section
 
 _SHORT = {"original": "orig", "dct": "dct", "hadamard": "hadam", "random": "random",
-          "learned (paper: plain sum)": "learned-plain", "learned (one-off, normalised)": "learned-1off",
-          "learned": "learned", "oracle (previous step's SVD)": "oracle-prev"}
+          "learned (paper: plain sum)": "learned-plain", "learned": "learned",
+          "learned (online, K=1)": "learned-online", "oracle (previous step's SVD)": "oracle-prev"}
 
 
 def _pivot(rows, key):
@@ -29,7 +29,7 @@ def _study(ctx, steps, blocks, density, n_pairs, bases=None):
     held = max(1, steps // 4)
     ctx.print(f"Share of gradient energy in {density:.0%} of the entries of G~ = U^T G V, per MLP layer of the default model;\n"
               f"bases fitted on steps 1-{steps - held} of an AdamW run, judged on the {held} held-out step(s)\n"
-              "('learned' = the online basis: refitted before each held-out step from the steps before it).\n")
+              "('learned (online, K=1)': refitted before each held-out step from the steps before it).\n")
     ctx.print("top: the top entries of each held-out step")
     ctx.table(_pivot(rows, "top"))
     ctx.print("\nfixed: one index set chosen on the fit steps (what the trainer keeps)")
