@@ -87,11 +87,12 @@ class RouteModel:
         self.source = source
 
     def predict(self, t: int, rows: int, cols: int, nnz: int, *, overhead: bool = True) -> dict:
-        """Predicted seconds of each route; ``overhead=False`` drops the per-call terms (a caller
-        such as the torch layer that precomputes the index structure does not pay them)."""
+        """Predicted seconds of each route; ``overhead=False`` drops the per-call terms and the
+        column gathers (a caller such as the torch layer that precomputes the index structure
+        and already holds the restricted ``A[:, I]``, ``B[:, J]`` does not pay them)."""
         fd, fs = _features(t, rows, cols, nnz)
         if not overhead:
-            fd[0] = fs[0] = 0.0
+            fd[0] = fs[0] = fd[2] = 0.0
         return {"dense": float(fd @ self.dense), "sparse": float(fs @ self.sparse)}
 
     def choose(self, t: int, rows: int, cols: int, nnz: int, *, overhead: bool = True) -> str:
