@@ -80,6 +80,10 @@ def _table(out, s, args, started):
                          f"(range {r[0]:.2f}-{r[-1]:.2f}, {sum(x <= 1.0 for x in r)}/{len(r)} rounds faster or equal)")
     if pairs:
         notes += " " + "; ".join(pairs) + "."
+    for key, tm in out.get("timing", {}).items():  # shown even before any accuracy row has finished
+        notes += (f" Step time / full on {key.split('|')[0]} (median of the per-round ratio, range): "
+                  + ", ".join(f"{m} {d['ratio']:.2f} ({d['ratio_min']:.2f}-{d['ratio_max']:.2f})" for m, d in tm.items() if "ratio" in d)
+                  + ".")
     meta = {"settings": s.__dict__, "settings_key": s.key(), "tasks": args.tasks, "seeds": args.seeds,
             "pending": out["pending"], "minutes": (time.time() - started) / 60}
     write_results("finetune", rows, meta, device="cpu", notes=notes)
