@@ -11,7 +11,7 @@ is trainable in every method). Method names and what they train:
 ``lrmath-lora-qv``     ``peft-lora-qv`` with :func:`lrmath.torch.convert_peft` (RunLoRA graphs)
 ``lotr-eq``            :func:`lrmath.torch.apply_lotr` on query/value (one shared A, B for the
                        12 equal-shape matrices), rank chosen by :func:`lotr_rank` to match
-                       LoRA-qv's count: 52 on MiniLM (72,384 parameters vs 73,728)
+                       LoRA-qv's count: 53 on MiniLM (74,412 parameters vs 73,728)
 ``lotr-quarter``       the same at 1/4 of LoRA-qv's count: rank 19 (18,924 vs 18,432)
 ``sparsegrad``         :func:`lrmath.torch.sparsegrad_mlp` on the 12 MLP linears with
                        ``nnz = 8 (in + out)`` per matrix (density 2.6%) + PEFT LoRA r=8 on the
