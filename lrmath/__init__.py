@@ -36,7 +36,7 @@ from .errors import (
     ShapeError,
 )
 
-_LAZY = ("runlora", "lotr", "sparsegrad", "kashin", "randmm", "data", "eval", "torch", "registry", "cli", "testing")
+_LAZY = ("runlora", "lotr", "sparsegrad", "kashin", "randmm", "data", "eval", "finetune", "torch", "registry", "cli", "testing")
 
 __all__ = [
     "__version__",

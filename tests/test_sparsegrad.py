@@ -226,9 +226,9 @@ def test_topk_product_blockwise_equals_dense_topk(t, n, m, block, seed, data):
 def test_route_cost_prefers_dense_for_a_filled_block():
     m = 100
     block = np.array([i * m + j for i in range(5) for j in range(5)])
-    assert sg.route_cost(64, block, (50, m))["route"] == "dense"
+    assert sg.route_cost(64, block, (50, m), gemm_speedup=4.0)["route"] == "dense"
     diag = np.arange(50) * m + np.arange(50)
-    assert sg.route_cost(64, diag, (50, m))["route"] == "sparse"  # 2500-entry block for 50 entries
+    assert sg.route_cost(64, diag, (50, m), gemm_speedup=4.0)["route"] == "sparse"  # 2500-entry block for 50 entries
 
 
 def test_to_sparse_formats():

@@ -13,8 +13,11 @@ hold most of its energy, so training only those entries costs tiny optimizer sta
                                     ``compare_bases`` -> ``SparsityReport``
 :mod:`~lrmath.sparsegrad.select`    ``topk_global``, ``topk_per_row``, ``threshold_select``,
                                     ``IndexSelector`` (fixed set, refreshed every K steps)
+:mod:`~lrmath.sparsegrad.online`    ``OnlineBasis``: streaming Gram estimate, U, V and index set
+                                    refitted every K steps (the default learned basis of the study)
 :mod:`~lrmath.sparsegrad.sddmm`     ``sparse_gradient`` / ``sampled_product`` (O(t nnz)),
-                                    ``topk_product`` (blockwise), ``to_sparse`` (COO/CSR)
+                                    ``topk_product`` (blockwise), ``to_sparse`` (COO/CSR),
+                                    ``route_model`` (per-machine calibrated route choice)
 =================================  ==========================================================
 
 The torch layer is :class:`lrmath.torch.SparseGradLinear` (``lrmath/torch/sparsegrad.py``).
@@ -26,7 +29,8 @@ paper's plain stack); DCT/Hadamard/random are comparison bases.
 
 from .analysis import SparsityReport, compare_bases, density_for_energy, energy_at_density, energy_curve, magnitude_quantiles
 from .bases import BASIS_KINDS, GramAccumulator, LearnedBasis, basis, columns, inverse_transform, learned_bases, transform
-from .sddmm import route_cost, sampled_product, sparse_gradient, to_sparse, topk_product
+from .online import OnlineBasis
+from .sddmm import RouteModel, calibrate_routes, fit_route_model, route_cost, route_model, sampled_product, sparse_gradient, to_sparse, topk_product
 from .select import IndexSelector, carry_over, k_for_density, threshold_select, topk_global, topk_per_row
 
 __all__ = [
@@ -55,4 +59,9 @@ __all__ = [
     "topk_product",
     "to_sparse",
     "route_cost",
+    "route_model",
+    "RouteModel",
+    "fit_route_model",
+    "calibrate_routes",
+    "OnlineBasis",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..registry import command, tour_section
 
 _SHORT = {"original": "orig", "dct": "dct", "hadamard": "hadam", "random": "random",
-          "learned (paper: plain sum)": "learned-plain", "learned": "learned"}
+          "learned (paper: plain sum)": "learned-plain", "learned": "learned",
+          "learned (online, K=1)": "learned-online", "oracle (previous step's SVD)": "oracle-prev"}
 
 
 def _pivot(rows, key):
@@ -27,7 +28,8 @@ def _study(ctx, steps, blocks, density, n_pairs, bases=None):
     rows = energy_study(grads, density=density, bases=bases or STUDY_BASES)
     held = max(1, steps // 4)
     ctx.print(f"Share of gradient energy in {density:.0%} of the entries of G~ = U^T G V, per MLP layer of the default model;\n"
-              f"bases fitted on steps 1-{steps - held} of an AdamW run, judged on the {held} held-out step(s).\n")
+              f"bases fitted on steps 1-{steps - held} of an AdamW run, judged on the {held} held-out step(s)\n"
+              "('learned (online, K=1)': refitted before each held-out step from the steps before it).\n")
     ctx.print("top: the top entries of each held-out step")
     ctx.table(_pivot(rows, "top"))
     ctx.print("\nfixed: one index set chosen on the fit steps (what the trainer keeps)")
@@ -40,16 +42,19 @@ def _study(ctx, steps, blocks, density, n_pairs, bases=None):
 
 @command("sparsegrad", help="SparseGrad: gradient energy kept at a density per basis, on the default model")
 def _args(parser):
-    parser.add_argument("--steps", type=int, default=12, help="fine-tuning steps captured (default 12)")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps captured (default 12; 40 with LRMATH_SCALE=full)")
     parser.add_argument("--blocks", type=int, nargs="*", default=None, help="encoder blocks (default all 6)")
     parser.add_argument("--density", type=float, default=0.01, help="fraction of entries kept (default 0.01)")
-    parser.add_argument("--pairs", type=int, default=8, help="sentence pairs per batch")
+    parser.add_argument("--pairs", type=int, default=None, help="sentence pairs per batch (default 8; 16 with LRMATH_SCALE=full)")
     return _run
 
 
 def _run(args, ctx):
     from ..backend import check_float, check_int
 
+    full = ctx.scale == "full"
+    args.steps = args.steps if args.steps is not None else (40 if full else 12)
+    args.pairs = args.pairs if args.pairs is not None else (16 if full else 8)
     check_int(args.steps, "--steps (fit and held-out steps)", minimum=2, maximum=10_000)
     for b in args.blocks or ():
         check_int(b, "--blocks", minimum=0, maximum=5)

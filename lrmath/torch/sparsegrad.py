@@ -50,7 +50,7 @@ from torch import nn
 from .. import ops as _ops
 from ..errors import ArgumentTypeError, OptionError, ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
-from ..sparsegrad.sddmm import GEMM_SPEEDUP, topk_product
+from ..sparsegrad.sddmm import route_model, topk_product
 from ..sparsegrad.select import IndexSelector, check_indices
 from ._compile import handle, is_compiling, lookup
 from ..backend import public
@@ -116,8 +116,9 @@ def _structure(idx: np.ndarray, m: int, t_hint: int = 128, dense_cap: float = 8.
     I, ri = np.unique(r, return_inverse=True)
     J, ci = np.unique(c, return_inverse=True)
     block = I.size * J.size
-    # Dense |I| x |J| block route when it is small and well filled (same rule as sddmm.route_cost)
-    dense = block <= dense_cap * max(idx.size, 1) and block <= GEMM_SPEEDUP * idx.size
+    # Dense |I| x |J| block when it is small (a memory bound: never near a dense (n, m) matrix)
+    # and the machine's calibrated route model (sddmm.route_model, torch) predicts it faster
+    dense = block <= dense_cap * max(idx.size, 1) and route_model("torch").choose(t_hint, I.size, J.size, idx.size, overhead=False) == "dense"
     return I, J, ri.astype(np.int64), ci.astype(np.int64), dense
 
 
@@ -390,13 +391,20 @@ class SparseGradLinear(nn.Module):
             return self.weight + self._update_matrix(S)
 
     @torch.no_grad()
-    def refresh(self, indices=None, *, optimizer: torch.optim.Optimizer | None = None, U=None, V=None) -> dict:
+    def refresh(self, indices=None, *, optimizer: torch.optim.Optimizer | None = None, U=None, V=None,
+                rotate_state: bool = False) -> dict:
         """Move to a new index set (default: ``selector.select()``) and optionally a new basis.
 
         Entries that leave the set are folded into ``W_0`` (so the function computed by the
         layer does not change); kept entries keep ``delta`` and their optimizer state; new
-        entries start at zero. With a new basis, all of ``delta`` is folded and all state
-        restarts at zero (moments in another basis mean nothing).
+        entries start at zero. With a new basis, all of ``delta`` is folded; the optimizer
+        state restarts at zero, or with ``rotate_state=True`` (what
+        :class:`lrmath.sparsegrad.online.OnlineBasis` refreshes use) it is carried into the new
+        basis: a first moment ``M~`` (sparse on the old set) maps exactly to
+        ``U_new^T U_old M~ V_old^T V_new`` read at the new set; a second moment (a state key
+        containing ``"sq"``, e.g. AdamW's ``exp_avg_sq``) maps through the elementwise squares
+        of those rotations (the variance of a rotated sum of independent coordinates), so it
+        stays non-negative.
 
         Returns ``{"kept", "added", "dropped"}`` counts.
         """
@@ -428,11 +436,14 @@ class SparseGradLinear(nn.Module):
             out[pn] = t[po]
             return out
 
+        rotate = None
+        if new_basis and rotate_state and optimizer is not None:
+            rotate = self._state_rotation(U if U is not None else self.U, V if V is not None else self.V, new)
         if optimizer is not None:
             st = optimizer.state.get(self.delta, {})
             for key, val in list(st.items()):
                 if torch.is_tensor(val) and val.dim() == 1 and val.numel() == old.size:
-                    st[key] = remap(val)
+                    st[key] = rotate(val, "sq" in key) if rotate is not None else remap(val)
         self.delta.data = remap(self.delta.data)
         if self.delta.grad is not None:
             self.delta.grad = None
@@ -441,6 +452,28 @@ class SparseGradLinear(nn.Module):
             self.V = _basis(V, self.m) if V is not None else self.V
         self._set_structure(new)
         return {"kept": int(pos_old.size), "added": int(new.size - pos_old.size), "dropped": int(old.size - pos_old.size)}
+
+    def _state_rotation(self, U_new, V_new, new_idx: np.ndarray):
+        """A function ``(values on the old set, squared) -> values on new_idx`` in the new basis."""
+        Un, Vn = _basis(U_new, self.n), _basis(V_new, self.m)
+        r, c = new_idx // self.m, new_idx % self.m
+        I2, ri2 = np.unique(r, return_inverse=True)
+        J2, ci2 = np.unique(c, return_inverse=True)
+        ref = self.weight[:1, :1]
+        dt, dev = self.delta.dtype, self.delta.device
+        Uo = columns(self.U, self.Iix.cpu().numpy(), ref=ref).to(dev).to(dt)   # (n, |I|)
+        Vo = columns(self.V, self.Jix.cpu().numpy(), ref=ref).to(dev).to(dt)   # (m, |J|)
+        Ru = columns(Un, I2, ref=ref).to(dev).to(dt).t() @ Uo                 # U_new[:, I']^T U_old[:, I]
+        Rv = Vo.t() @ columns(Vn, J2, ref=ref).to(dev).to(dt)                 # V_old[:, J]^T V_new[:, J']
+        ri2t, ci2t = torch.from_numpy(ri2.astype(np.int64)).to(dev), torch.from_numpy(ci2.astype(np.int64)).to(dev)
+
+        def rotate(val: torch.Tensor, squared: bool) -> torch.Tensor:
+            S = torch.zeros(self.rows_touched, self.cols_touched, dtype=val.dtype, device=dev)
+            S[self.ri, self.ci] = val
+            out = (Ru * Ru) @ S @ (Rv * Rv) if squared else Ru @ S @ Rv
+            return out[ri2t, ci2t].contiguous()
+
+        return rotate
 
     def extra_repr(self) -> str:
         return (f"out={self.n}, in={self.m}, nnz={self.nnz} ({self.nnz / (self.n * self.m):.2%}), "
@@ -516,7 +549,8 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
             acc = GramAccumulator(n, m, normalize=normalize, decay=decay)
             for g in gl:
                 acc.update(g)
-            U, V = acc.bases(dtype=np.float64)
+            # float32 eigensolver unless the model is float64 (half the time; the layer stores its dtype anyway)
+            U, V = acc.bases(dtype=np.float64 if lin.weight.dtype == torch.float64 else np.float32)
         else:
             U, V = _basis(basis, n, seed), _basis(basis, m, seed)
         sel = IndexSelector((n, m), density=k_density, pool=None, decay=decay)
