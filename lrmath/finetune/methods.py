@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from ..backend import public
 
 __all__ = ["METHODS", "MethodSpec", "Classifier", "MePropLinear", "meprop_mlp", "build"]
 
@@ -136,7 +137,7 @@ def _meprop_class():
         def extra_repr(self):
             return super().extra_repr() + f", k={self.k}"
 
-    return MePropLinear
+    return public(MePropLinear)
 
 
 _MEPROP_CLS = None
@@ -151,6 +152,7 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+@public
 def meprop_mlp(model, density: float, patterns=_MLP_PATTERNS, exclude=("*attention*",)) -> list[str]:
     """Replace the MLP linears of ``model`` by MePropLinear with ``k = ceil(density * out)``; in place."""
     import fnmatch
@@ -193,6 +195,7 @@ def _classifier_class():
     return Classifier
 
 
+@public
 def Classifier(encoder, n_classes: int, seed: int = 0):  # noqa: N802 - a class built lazily
     return _classifier_class()(encoder, n_classes, seed)
 
@@ -211,6 +214,7 @@ def _peft(encoder, target: str, r: int):
     return get_peft_model(encoder, cfg)
 
 
+@public
 def build(method: str, encoder, n_classes: int, *, seed: int = 0, warmup: Callable[[Any], Any] | None = None):
     """A :class:`Classifier` around ``encoder`` (modified in place) adapted for ``method``.
 

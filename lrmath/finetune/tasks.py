@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from ..backend import public
 
 __all__ = ["TASKS", "Task", "load_task", "make_task", "split_indices"]
 
@@ -42,6 +43,7 @@ class Task:
         return {k: len(v[0]) for k, v in self.splits.items()}
 
 
+@public
 def split_indices(n: int, sizes: Sequence[int | None], seed: int = 0) -> list[np.ndarray]:
     """A seeded permutation of ``range(n)`` cut into consecutive parts of ``sizes``
     (one ``None`` takes the rest)."""
@@ -59,6 +61,7 @@ def split_indices(n: int, sizes: Sequence[int | None], seed: int = 0) -> list[np
     return parts
 
 
+@public
 def make_task(name: str, texts: Sequence[str], labels: Sequence[int], classes: Sequence[str], sizes, seed: int = 0) -> Task:
     """A :class:`Task` from texts and labels cut by :func:`split_indices` into train / validation / test."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -95,6 +98,7 @@ def _trec(load: Callable[[], Any] | None) -> Task:
     return make_task("trec", texts, labels, TREC_CLASSES, (n - n_val - n_test, n_val, n_test))
 
 
+@public
 def load_task(name: str, *, load: Callable[[], Any] | None = None) -> Task:
     """The task ``name`` (one of :data:`TASKS`) from the pinned data of :mod:`lrmath.data`.
 

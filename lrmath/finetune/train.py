@@ -38,6 +38,7 @@ import numpy as np
 from .._progress import progress
 from .methods import METHODS, build, fresh_encoder
 from .tasks import Task
+from ..backend import public
 
 __all__ = ["Settings", "run_one", "time_steps", "run_table", "summarise", "saved_activation_bytes", "optimizer_state_bytes",
            "load_encoder", "tiny_encoder", "RunCache"]
@@ -66,6 +67,7 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------- models
+@public
 def load_encoder():
     """all-MiniLM-L6-v2 as a transformers ``BertModel`` (float32, trainable; :func:`lrmath.data.load_model`:
     the installed model package, loaded strictly offline)."""
@@ -74,6 +76,7 @@ def load_encoder():
     return data.load_model(requires_grad=True)
 
 
+@public
 def tiny_encoder(seed: int = 0):
     """A randomly initialised 2-layer BERT (hidden 32, MLP 64) with MiniLM's vocabulary, for smoke tests."""
     import torch
@@ -92,6 +95,7 @@ def _tokenize(texts: Sequence[str], max_length: int):
 
 
 # ----------------------------------------------------------------------------- measurement
+@public
 def optimizer_state_bytes(opt) -> int:
     """Bytes of every tensor held in ``opt.state`` (AdamW: exp_avg, exp_avg_sq, step)."""
     import torch
@@ -99,6 +103,7 @@ def optimizer_state_bytes(opt) -> int:
     return int(sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if torch.is_tensor(v)))
 
 
+@public
 def saved_activation_bytes(model, batch) -> int:
     """Bytes autograd saves for backward in one forward of ``model(**batch)`` (each storage once;
     parameters and buffers, which exist anyway, excluded)."""
@@ -204,6 +209,7 @@ def _build(method, base, task, s, seed):
     return build(method, fresh_encoder(base), task.n_classes, seed=seed, warmup=warmup)
 
 
+@public
 def run_one(task: Task, method: str, seed: int, lr: float, s: Settings, base, *, splits=("validation", "test"),
             show_progress: bool | None = None) -> dict:
     """Train ``method`` on ``task`` from ``base`` (an encoder) and return the run's record."""
@@ -243,6 +249,7 @@ def run_one(task: Task, method: str, seed: int, lr: float, s: Settings, base, *,
             "setup_s": setup_s, "train_s": train_s, "wall_s": time.perf_counter() - t0, **info}
 
 
+@public
 def time_steps(task: Task, methods: Sequence[str], s: Settings, base, *, rounds: int = 5, seed: int = 0) -> dict:
     """Step time of each method on one fixed batch, interleaved: every round runs one
     step (forward, backward, AdamW) of each method in turn. Returns per method the median
@@ -286,6 +293,7 @@ def time_steps(task: Task, methods: Sequence[str], s: Settings, base, *, rounds:
     return out
 
 
+@public
 class RunCache:
     """Finished runs in a JSON file, written atomically after every run."""
 
@@ -333,6 +341,7 @@ def _pick_lr(recs: list[dict]) -> dict:
     return sorted(recs, key=lambda r: (-r["accuracy"]["validation"], r["lr"]))[0]
 
 
+@public
 def run_table(tasks: Sequence[Task], methods: Sequence[str], s: Settings, base, *, seeds: int = 3, cache: RunCache | None = None,
               timing_rounds: int = 5, log: Callable[[str], None] = print, deadline: float | None = None) -> dict:
     """Every (task, method): the rate grid on seed 0, then seeds 1..seeds-1 at the chosen rate.
@@ -378,6 +387,7 @@ def run_table(tasks: Sequence[Task], methods: Sequence[str], s: Settings, base, 
     return {"rows": summarise(cache, tasks, methods, s, seeds), "pending": pending, "timing": timing}
 
 
+@public
 def summarise(cache: RunCache, tasks: Sequence[Task | str], methods: Sequence[str], s: Settings, seeds: int = 3) -> list[dict]:
     """One row per (task, method) with a finished grid: accuracy mean ± std over the finished seeds."""
     rows = []

@@ -35,10 +35,12 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OptionError, ShapeError
+from ..backend import public
 
 __all__ = ["prepare_hessian", "inverse_cholesky", "gptq_columns"]
 
 
+@public
 def prepare_hessian(H, inn: int, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Symmetrised, damped ``H`` (float64) and the mask of dead input columns (``H_jj = 0``).
 
@@ -68,6 +70,7 @@ def prepare_hessian(H, inn: int, damp: float = 0.01) -> tuple[np.ndarray, np.nda
     return H, dead
 
 
+@public
 def inverse_cholesky(H: np.ndarray) -> np.ndarray:
     """Upper-triangular ``U`` with ``H^{-1} = U^T U`` (GPTQ's ``Hinv``), float64.
 
@@ -91,6 +94,7 @@ def inverse_cholesky(H: np.ndarray) -> np.ndarray:
 FitBlock = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray, object]]
 
 
+@public
 def gptq_columns(W: np.ndarray, U: np.ndarray, col_blocks, fit_block: FitBlock, *, dead=None):
     """Code ``W`` (out, in) block by block with GPTQ error propagation (module docstring).
 

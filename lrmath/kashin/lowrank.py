@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import format as fmt
+from ..backend import public
 
 __all__ = ["rank_for_budget", "pack_factor", "unpack_factor", "weighted_svd", "LOWRANK_METHODS"]
 
@@ -33,6 +34,7 @@ LOWRANK_METHODS = ("loftq", "lqer")
 FACTOR_BITS = (16, 8, 4)
 
 
+@public
 def rank_for_budget(out: int, inn: int, bpw: float, bits: int) -> int:
     """Largest rank whose stored factors cost at most ``bpw`` bits per weight of an (out, in) matrix."""
     per_rank = bits * (out + inn) + (0 if bits == 16 else 32)
@@ -48,6 +50,7 @@ def _factor_bits(out, inn, r, bits):
     return 8 * (-(-r * inn * bits // 8) + -(-r * out * bits // 8)) + 32 * r
 
 
+@public
 def weighted_svd(E: np.ndarray, r: int, L: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best rank-``r`` ``B A`` of ``E`` (out, in) in ``||(E - B A) L||_F`` (``L`` lower (in, in); ``I`` if None).
 
@@ -71,6 +74,7 @@ def weighted_svd(E: np.ndarray, r: int, L: np.ndarray | None = None) -> tuple[np
     return B, A
 
 
+@public
 def pack_factor(F: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Store rows of ``F`` (r, n): float16 values (``bits=16``) or packed codes + float16 row scales."""
     F = np.asarray(F, np.float64)
@@ -83,6 +87,7 @@ def pack_factor(F: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray | None
     return fmt.pack_codes(c.astype(np.uint8), bits), s
 
 
+@public
 def unpack_factor(packed: np.ndarray, scale: np.ndarray | None, bits: int, shape) -> np.ndarray:
     """Inverse of :func:`pack_factor`: float32 (r, n)."""
     r, n = shape

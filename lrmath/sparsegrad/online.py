@@ -28,13 +28,14 @@ from collections import deque
 
 import numpy as np
 
-from ..backend import check_array, check_positive_int, to_numpy
+from ..backend import check_array, check_positive_int, public, to_numpy
 from .bases import LearnedBasis, _sym_eig_desc
 from .select import _topk_flat_numpy, k_for_density
 
 __all__ = ["OnlineBasis"]
 
 
+@public
 class OnlineBasis:
     """Streaming learned basis + index set of one ``(n, m)`` layer (see module docstring).
 

@@ -386,6 +386,7 @@ def _quantize_with(model, names, H, bits, kw):
         _set_module(model, n, KashinLinear(q, lin.bias))
 
 
+@public
 @torch.no_grad()
 def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *, progress: bool = False,
                               **kw) -> nn.Module:

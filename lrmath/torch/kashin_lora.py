@@ -27,6 +27,7 @@ from ..errors import ArgumentTypeError, OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.graphs import graph_space
 from .kashin import KashinLinear
+from ..backend import public
 
 __all__ = ["KashinLoRALinear", "quantized_base_pair", "convert_peft_kashin"]
 
@@ -97,6 +98,7 @@ def _admissible(space, kind, m, n, r):
     return list(_admissible_cached(key, kind, m, n, r))
 
 
+@public
 @lru_cache(maxsize=4096)
 def quantized_base_pair(m: int, n: int, r: int, t: int, x_grad: bool = True, bias: bool = False,
                         dropout: bool = False):
@@ -182,6 +184,7 @@ def _dropout_mask(x, p):
     return torch.empty(x.shape, device=x.device, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
+@public
 class KashinLoRALinear(nn.Module):
     """A LoRA adapter over a frozen :class:`KashinLinear` (module docstring).
 
@@ -267,6 +270,7 @@ class KashinLoRALinear(nn.Module):
                 f"scaling={self.scaling:g}, lora_dropout={self.lora_dropout}")
 
 
+@public
 def convert_peft_kashin(model: nn.Module, r: int, lora_alpha: float = 1.0, lora_dropout: float = 0.0, *,
                         include=None, init: str = "zero") -> list[str]:
     """Wrap every :class:`KashinLinear` of ``model`` (matching fnmatch ``include``) in a
