@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import array_namespace, backend_name, check_array, check_positive_int, device_of, is_numpy, like, public, to_numpy
+from ..backend import array_namespace, backend_name, check_array, check_choice, check_int, check_positive_int, device_of, is_numpy, like, public, to_numpy
 from ..errors import OptionError, ShapeError
 from .bases import basis, columns
 from .select import check_indices, topk_of_values
@@ -184,7 +184,9 @@ def calibrate_routes(backend: str = "numpy", *, repeats: int = 5, seed: int = 0)
     ``backend``: ``"numpy"`` or ``"torch"`` (CPU tensors). Takes a few seconds. Returns the
     model and the samples (see :func:`fit_route_model`).
     """
-    r = np.random.default_rng(seed)
+    check_choice(backend, "backend", ("numpy", "torch"))
+    repeats = check_int(repeats, "repeats", minimum=1, maximum=100)
+    r = np.random.default_rng(check_int(seed, "seed", minimum=0, maximum=2**32 - 1))
     samples = []
     for t, rows, cols, nnz in _calibration_grid():
         A = r.standard_normal((t, rows)).astype(np.float32)
