@@ -213,14 +213,17 @@ def test_compensated_file_roundtrip_bpw_and_checksum(tmp_path, fbits):
         load(bad)
 
 
-def test_version1_files_still_written_and_read(tmp_path):
+def test_flat_files_are_written_as_version2_without_the_new_fields(tmp_path):
+    # every file is version 2 (its checksum covers the header); a flat entry has no rows/low-rank
+    # fields, and version-1 files still load (tests/test_kashin_format.py)
     g = np.random.default_rng(0)
     W = g.standard_normal((8, 64)).astype(np.float32)
     q = quantize(W, 2, block=64, iters=1)
-    p = tmp_path / "v1.safetensors"
+    p = tmp_path / "v2.safetensors"
     q.save(p)
     meta, _ = _tensor_bytes(p)
-    assert meta["version"] == 1 and "layout" not in meta["entries"]["weight"]
+    assert meta["version"] == 2 and "layout" not in meta["entries"]["weight"]
+    assert "lowrank" not in meta["entries"]["weight"]
     assert_close(load(p).dequantize(), q.dequantize(), rtol=0, atol=0)
 
 

@@ -28,9 +28,18 @@ def _run(args, ctx):
     from .tasks import load_task
     from .train import Settings, load_encoder, run_one
 
-    for name in ("steps", "batch_size", "max_length"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    from ..backend import check_float, check_int
+
+    # every option is checked before the model and data load (seconds), so bad input fails at once
+    for name, hi in (("steps", 10**6), ("batch_size", 4096), ("max_length", 512)):
+        check_int(getattr(args, name), f"--{name.replace('_', '-')}", minimum=1, maximum=hi)
+    for name in ("limit_train", "limit_eval"):
+        if getattr(args, name) is not None:
+            check_int(getattr(args, name), f"--{name.replace('_', '-')}", minimum=1)
+    if args.lr is not None:
+        check_float(args.lr, "--lr", minimum=0.0, maximum=10.0, min_open=True)
+    for seed in args.seeds or ():
+        check_int(seed, "--seeds", minimum=0, maximum=2**32 - 1)
     s = Settings(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
                  limit_train=args.limit_train, limit_eval=args.limit_eval)
     task = load_task(args.task)

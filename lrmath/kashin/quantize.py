@@ -890,7 +890,6 @@ class KashinQuantized:
             meta = {**meta, "tensors": sorted(set(fmt.TENSORS) | set(tensors))} if version >= 2 else dict(meta)
             meta["sha256"] = fmt.entry_checksum(tensors, meta, version=version)
         fmt.validate_entry(path, name, meta, tensors, version=version)
-        tensors = {t: tensors[t] for t in fmt.TENSORS}
         try:
             ops.orthogonal(meta["basis"])
         except Exception as exc:  # noqa: BLE001

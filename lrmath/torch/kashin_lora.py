@@ -27,6 +27,7 @@ from ..errors import ArgumentTypeError, OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.graphs import graph_space
 from .kashin import KashinLinear
+from .runlora import _dropout_mask
 from ..backend import public
 
 __all__ = ["KashinLoRALinear", "quantized_base_pair", "convert_peft_kashin"]
@@ -178,10 +179,6 @@ class _KashinLoRAFunction(torch.autograd.Function):
         g = run_program(ctx.bwd, env, _KashinOps(s, dY), want)
         dx = g["dX"].reshape(*lead, in_f) if "dX" in g else None
         return dx, g.get("db"), g["dA"].t(), g["dB"].t(), None, None, None, None
-
-
-def _dropout_mask(x, p):
-    return torch.empty(x.shape, device=x.device, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
 @public
