@@ -27,7 +27,7 @@ from ..errors import ArgumentTypeError, OptionError, RankError, ShapeError
 from ..runlora.execute_torch import TorchOps, run_program
 from ..runlora.graphs import graph_space
 from .kashin import KashinLinear
-from .runlora import _dropout_mask
+from .runlora import _dropout_mask, _run_forward
 from ..backend import public
 
 __all__ = ["KashinLoRALinear", "quantized_base_pair", "convert_peft_kashin"]
@@ -145,14 +145,7 @@ class _KashinLoRAFunction(torch.autograd.Function):
             env["b"] = bias
         if mask is not None:
             env["K"] = mask.reshape(-1, in_f)
-        ops = _KashinOps(s, X)
-        keep = [fwd.made[k][0] for k in bwd.saved]
-        Y = run_program(fwd, env, ops, ["Y"], keep_alive=keep)["Y"]
-        saved = []
-        for k in sorted(bwd.saved):
-            tensor, flipped = fwd.made[k]
-            v = env[tensor]
-            saved.append(v.t() if flipped else v)
+        Y, saved = _run_forward(fwd, bwd, env, _KashinOps(s, X))
         ctx.keys, ctx.bwd, ctx.layer = sorted(bwd.saved), bwd, layer
         ctx.meta = (lead, in_f, s, has_bias)
         uses_x, uses_k = "X" in bwd.inputs, "K" in bwd.inputs

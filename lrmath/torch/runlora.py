@@ -84,7 +84,14 @@ def _forward_body(X, weight, bias, lora_A, lora_B, K, s, fan_in_fan_out, fwd, bw
         env["b"] = bias
     if K is not None:
         env["K"] = K
-    ops = TorchOps(s, X)
+    return _run_forward(fwd, bwd, env, TorchOps(s, X))
+
+
+def _run_forward(fwd, bwd, env, ops):
+    """Execute forward graph ``fwd`` on ``env`` with ``ops``; returns ``(Y, [what bwd saves])``.
+
+    The saved list follows ``sorted(bwd.saved)``, each tensor in the orientation ``bwd`` reads.
+    """
     keep = [fwd.made[k][0] for k in bwd.saved]
     Y = run_program(fwd, env, ops, ["Y"], keep_alive=keep)["Y"]
     saved = []
