@@ -294,3 +294,57 @@ def test_uneven_split_roundtrip_and_errors(tmp_path):
     for bad in [(2, 1), (0, 4), (4,), "ab"]:
         with pytest.raises(ValueError):
             quantize(W, 4, split=bad)
+
+
+# ----------------------------------------------------------------------------- the calibrated peer (GPTQ on the RTN grid)
+def test_gptq_rtn_matches_naive_obs_oracle():
+    """``rtn_quantize(calibration=H)``: group grids from the OBS-current weights, columns rounded one
+    at a time, recomputed here from scratch (no Cholesky factor) at every column."""
+    from lrmath.kashin import rtn_quantize
+
+    g = np.random.default_rng(11)
+    out, inn, group, bits = 5, 12, 4, 3
+    W = g.standard_normal((out, inn)).astype(np.float32)
+    X = _correlated(80, inn, 12, decay=5.0)
+    H = X.T @ X
+    damp = 0.01
+    Hd = H + damp * np.mean(np.diag(H)) * np.eye(inn)
+    r = rtn_quantize(W, bits, group, calibration=H, damp=damp)
+    levels = 2**bits - 1
+    A = W.astype(np.float64)
+    q = np.zeros_like(A)
+    codes = np.zeros((out, inn), int)
+    for j in range(inn):
+        Rj, Pj = np.arange(j, inn), np.arange(0, j)
+        cur = A[:, Rj] + ((A[:, Pj] - q[:, Pj]) @ Hd[np.ix_(Pj, Rj)] @ np.linalg.inv(Hd[np.ix_(Rj, Rj)]) if j else 0)
+        if j % group == 0:
+            blk = cur[:, :group]
+            s = ((blk.max(1) - blk.min(1)) / levels).astype(np.float16).astype(np.float64)
+            z = blk.min(1).astype(np.float16).astype(np.float64)
+        c = np.clip(np.floor((cur[:, 0] - z) / s + 0.5), 0, levels).astype(int)  # ties up, like nearest_code
+        codes[:, j] = c
+        q[:, j] = z + s * c
+    got = fmt.unpack_codes(r.codes, bits, out * inn).reshape(out, inn)
+    np.testing.assert_array_equal(got, codes)
+    assert_close(r.dequantize(np.float64), q, rtol=1e-6, atol=1e-6)
+    packed_bits = 8 * -(-(out * inn * bits) // 8)  # codes padded to whole bytes
+    assert r.bits_per_weight == (packed_bits + 32 * (out * inn // group)) / (out * inn)
+
+
+def test_gptq_rtn_identity_calibration_is_rtn_and_lowers_output_error():
+    from lrmath.errors import OptionError
+    from lrmath.kashin import rtn_quantize
+
+    g = np.random.default_rng(5)
+    W = g.standard_normal((16, 64)).astype(np.float32)
+    plain = rtn_quantize(W, 3, 16)
+    same = rtn_quantize(W, 3, 16, calibration=np.eye(64))  # diagonal H: nothing to propagate
+    np.testing.assert_array_equal(same.codes, plain.codes)
+    np.testing.assert_array_equal(same.scale, plain.scale)
+    X = _correlated(300, 64, 6)
+    cal = rtn_quantize(W, 3, 16, calibration=X.T @ X)
+    assert _out_err(W, cal.dequantize(np.float64), X) < 0.9 * _out_err(W, plain.dequantize(np.float64), X)
+    with pytest.raises(OptionError, match="multiple of group"):
+        rtn_quantize(W, 3, 24, calibration=X.T @ X)
+    with pytest.raises(ShapeError):
+        rtn_quantize(W, 3, 16, calibration=np.eye(63))

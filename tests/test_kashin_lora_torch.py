@@ -166,3 +166,51 @@ def test_calibrated_quantize_model_tiny_llama(tmp_path):
     out = back(input_ids=ids[:2], labels=ids[:2], use_cache=False)
     out.loss.backward()
     assert all(p.grad is not None for n, p in back.named_parameters() if p.requires_grad)
+
+
+def test_calibrated_quantize_model_with_a_peer_quantizer():
+    """``replace=``: the peer sees each linear's X^T X, block 0 from the float model and block 1 from
+    the model whose block 0 is already replaced (block-sequential), checked by independent hooks."""
+    transformers = pytest.importorskip("transformers")
+    from lrmath.kashin import rtn_quantize
+    from lrmath.torch.kashin import calibrated_quantize_model
+
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (6, 10))
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    seen = {}
+
+    def replace(lin, H):
+        seen[lin] = H
+        r = rtn_quantize(lin.weight.detach().numpy(), 3, 16, calibration=H)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(r.dequantize()))
+        return lin
+
+    def gram(m, name):
+        box = []
+        h = m.get_submodule(name).register_forward_hook(lambda mod, a, o: box.append(a[0].reshape(-1, a[0].shape[-1])))
+        with torch.no_grad():
+            m(input_ids=ids, use_cache=False)
+        h.remove()
+        x = torch.cat(box).double()
+        return (x.T @ x).numpy()
+
+    q0 = "model.layers.0.self_attn.q_proj"
+    d1 = "model.layers.1.mlp.down_proj"
+    want0 = gram(model, q0)
+    ref = copy.deepcopy(model)
+    out = calibrated_quantize_model(model, 3, names, [{"input_ids": ids[:3]}, {"input_ids": ids[3:]}], replace=replace)
+    assert len(seen) == len(names) == 14 and out.kashin_uncalibrated == []
+    assert_close(seen[out.get_submodule(q0)], want0, rtol=1e-10, atol=1e-10)
+    half = copy.deepcopy(ref)  # block 0 as the peer left it, block 1 still float
+    for n in names:
+        if n.startswith("model.layers.0."):
+            half.get_submodule(n).weight.data.copy_(out.get_submodule(n).weight.data)
+    assert_close(seen[out.get_submodule(d1)], gram(half, d1), rtol=1e-9, atol=1e-9)
+    assert not np.allclose(gram(ref, d1), gram(half, d1))  # the check above can tell the two apart
+    with pytest.raises(ValueError, match="callable"):
+        calibrated_quantize_model(ref, 3, names, [{"input_ids": ids}], replace="gptq")

@@ -291,3 +291,28 @@ def test_bad_inputs_rejected():
         sparsegrad_mlp(nn.Sequential(_Block(4, 8)))
     with pytest.raises(ValueError, match="no nn.Linear"):
         sparsegrad_mlp(nn.Sequential(nn.Linear(3, 3)), warmup=lambda m: None)
+
+
+def test_sparsegrad_mlp_default_basis_and_index_set_oracle():
+    """Default settings against a naive recomputation: Gram matrices of the normalised steps weighted
+    by 0.85^(S-1-s), eigenvectors by decreasing eigenvalue, and the top-k of the sum over steps of
+    0.97^(S-1-s) * (U^T G_s V)^2 / ||G_s||^2 (steps of very different sizes, so plain scores differ)."""
+    g = np.random.default_rng(4)
+    model = nn.Sequential(_Block(6, 10))
+    S, n, m = 5, 10, 6
+    grads = [(10.0 ** s) * (g.standard_normal((n, 1)) @ g.standard_normal((1, m)) + 0.3 * g.standard_normal((n, m)))
+             for s in range(S)]
+    layers = sparsegrad_mlp(model, density=0.2, grads={"0.intermediate.dense": grads, "0.output.dense": [G.T for G in grads]})
+    lay = layers["0.intermediate.dense"]
+    A = sum(0.85 ** (S - 1 - s) * G @ G.T / np.sum(G * G) for s, G in enumerate(grads))
+    B = sum(0.85 ** (S - 1 - s) * G.T @ G / np.sum(G * G) for s, G in enumerate(grads))
+    U = np.linalg.eigh(A)[1][:, ::-1]
+    V = np.linalg.eigh(B)[1][:, ::-1]
+    score = sum(0.97 ** (S - 1 - s) * (U.T @ G @ V) ** 2 / np.sum(G * G) for s, G in enumerate(grads))
+    k = round(0.2 * n * m)
+    want = np.sort(np.argsort(-score.ravel(), kind="stable")[:k])
+    np.testing.assert_array_equal(np.sort(np.asarray(lay.indices)), want)
+    plain = sum((U.T @ G @ V) ** 2 for G in grads)  # the old rule picks another set here
+    assert not np.array_equal(np.sort(np.argsort(-plain.ravel(), kind="stable")[:k]), want)
+    with pytest.raises(ValueError, match="score_decay"):
+        sparsegrad_mlp(nn.Sequential(_Block(6, 10)), grads={"0.intermediate.dense": grads}, score_decay=0.0)

@@ -65,7 +65,7 @@ class RTNQuantized:
 
 
 @public
-def rtn_quantize(W, bits: int = 2, group: int = 64) -> RTNQuantized:
+def rtn_quantize(W, bits: int = 2, group: int = 64, *, calibration=None, damp: float = 0.01) -> RTNQuantized:
     """Round-to-nearest, per-group asymmetric scale/zero (see the module docstring).
 
     Parameters
@@ -76,10 +76,18 @@ def rtn_quantize(W, bits: int = 2, group: int = 64) -> RTNQuantized:
         Consecutive weights sharing one scale and zero, taken from the row-major flattened matrix
         like Kashin's blocks (the same as per-row groups when ``in % group == 0``); the end is
         padded with the last weight, and the padding is dropped on decoding.
+    calibration : array (in, in), optional
+        ``H = X^T X`` of the layer's inputs: code with GPTQ error propagation instead of plain
+        rounding (same stored format and bits per weight). Needs ``in % group == 0`` (groups
+        then lie inside rows, as GPTQ's do).
+    damp : float
+        GPTQ's relative damping of ``H`` (:func:`lrmath.kashin.gptq.prepare_hessian`).
     """
     _check_bits_group(bits, group)
     A, _ = _check_weight(W)
     out, inn = A.shape
+    if calibration is not None:
+        return _gptq_rtn(A, int(bits), int(group), calibration, damp)
     ng = -(-(out * inn) // group)
     P = np.empty(ng * group, np.float32)
     P[: out * inn] = A.reshape(-1)
@@ -95,6 +103,32 @@ def rtn_quantize(W, bits: int = 2, group: int = 64) -> RTNQuantized:
     q = np.rint((G - z) / np.where(s > 0, s, 1))
     q = np.clip(q, 0, levels).astype(np.uint8)
     return RTNQuantized((out, inn), int(bits), int(group), fmt.pack_codes(q, bits), scale16, zero16)
+
+
+def _gptq_rtn(A, bits, group, H, damp) -> RTNQuantized:
+    from .gptq import gptq_columns, inverse_cholesky, prepare_hessian
+
+    out, inn = A.shape
+    if inn % group:
+        raise OptionError(f"calibrated RTN needs in = {inn} to be a multiple of group {group} (groups inside rows)")
+    Hd, dead = prepare_hessian(H, inn, damp)
+    levels = (1 << bits) - 1
+    k = inn // group
+    scale16 = np.zeros((out, k), np.float16)
+    zero16 = np.zeros((out, k), np.float16)
+    table = np.arange(levels + 1, dtype=np.float64)
+
+    def fit(x, j):  # the group's grid from its current (compensated) weights, stored in float16
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        scale16[:, j] = ((hi - lo) / levels).astype(np.float16)
+        zero16[:, j] = lo.astype(np.float16)
+        z = zero16[:, j].astype(np.float64)
+        return np.broadcast_to(z[:, None], x.shape), scale16[:, j].astype(np.float64), table, None
+
+    bounds = [(j * group, (j + 1) * group) for j in range(k)]
+    codes, _, _ = gptq_columns(A.astype(np.float64), inverse_cholesky(Hd), bounds, fit, dead=dead)
+    q = codes.reshape(out * k, group)
+    return RTNQuantized((out, inn), bits, group, fmt.pack_codes(q, bits), scale16.reshape(-1), zero16.reshape(-1))
 
 
 @public

@@ -9,10 +9,11 @@ fitted on the first ``S - h`` steps and judged on the ``h`` held-out last steps:
   fixed sparse layout gets).
 
 Learned variants: ``learned (paper: plain sum)`` -- the paper's one-off HOSVD of the fit
-steps (Gram matrices summed as they are); ``learned`` -- the default, the same one-off fit
-with each step normalised and recent steps weighted (``decay`` 0.97), the measured best on
-the fixed-set energy at full scale (0.849 mean vs 0.777 for the paper's sum;
-``benchmarks/results/sparsegrad_energy_full.md``); ``learned (online, K=1)`` --
+steps (Gram matrices summed as they are, the index set scored by the plain sum of the
+transformed energies); ``learned`` -- the default, the same one-off fit with each step
+normalised and recent steps weighted (Gram ``decay`` 0.85; the index set scored on
+per-step normalised energies with decay 0.97: ``DEFAULT_DECAY``/``DEFAULT_SCORE_DECAY``,
+chosen on validation steps by ``python -m benchmarks sparsegrad_settings``); ``learned (online, K=1)`` --
 :class:`~lrmath.sparsegrad.online.OnlineBasis`: the streaming Gram estimate, with ``U``, ``V``
 and the index set refitted before each held-out step from the steps before it (so
 ``fixed`` stays a held-out number); it keeps the most energy per step (``top``) but its
@@ -30,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .analysis import energy_at_density
-from .bases import GramAccumulator, basis, transform
+from .bases import DEFAULT_DECAY, DEFAULT_SCORE_DECAY, GramAccumulator, basis, transform
 from .select import IndexSelector
 from ..errors import OptionError
 
@@ -59,11 +60,15 @@ def capture_mlp_grads(steps: int, *, blocks: Sequence[int] | None = None, n_pair
     return {n: (cap[n]["grads"] if steps > 1 else [cap[n]["grad"]]) for n in names}
 
 
-def _fixed_set(grads, U, V, density):
+def _fixed_set(grads, U, V, density, decay=1.0, normalize=False):
+    """Top ``density`` entries of the ``decay``-weighted sum of the transformed energies (each
+    step divided by its total energy when ``normalize``)."""
     n, m = grads[0].shape
-    sel = IndexSelector((n, m), density=density, pool=None, decay=1.0)
+    sel = IndexSelector((n, m), density=density, pool=None, decay=decay)
     for g in grads:
-        sel.update(transform(g, U, V))
+        Gt = transform(g, U, V)
+        tot = float(np.sum(np.asarray(g, np.float64) ** 2)) if normalize else 1.0
+        sel.update(Gt / np.sqrt(tot) if tot > 0 else Gt)
     return sel.select()
 
 
@@ -94,13 +99,16 @@ def energy_study(grads: Mapping[str, Sequence[np.ndarray]], *, density: float = 
                 continue
             if b.startswith("learned"):
                 plain = "plain" in b
-                acc = GramAccumulator(n, m, normalize=not plain, decay=1.0 if plain else 0.97)
+                acc = GramAccumulator(n, m, normalize=not plain, decay=1.0 if plain else DEFAULT_DECAY)
                 for g in fit:
                     acc.update(g)
                 U, V = acc.bases(dtype=np.float64)
             else:
                 U, V = basis(b, n, seed), basis(b, m, seed)
-            idx = _fixed_set(fit, U, V, density)
+            if b == "learned":  # the default layer's index set (sparsegrad_mlp)
+                idx = _fixed_set(fit, U, V, density, decay=DEFAULT_SCORE_DECAY, normalize=True)
+            else:
+                idx = _fixed_set(fit, U, V, density)
             tops, fixed = [], []
             for g in test:
                 Gt = transform(g, U, V)

@@ -23,9 +23,11 @@ Bases
   Gram matrices), and ``U``, ``V`` are their eigenvectors, ordered by decreasing
   eigenvalue (``eigh``). Memory is ``n^2 + m^2`` whatever the number of steps. By
   default each step is normalised to unit Frobenius norm (``w_s = 1/||G_s||^2``) and
-  older steps are down-weighted by ``decay`` -- facts.md measured 0.78 vs 0.73 mean
-  energy at a fixed 1% index set for normalised vs plain accumulation on MiniLM; the
-  paper's plain sum is ``normalize=False, decay=1``.
+  older steps are down-weighted by ``decay`` (default :data:`DEFAULT_DECAY` = 0.85); the
+  paper's plain sum is ``normalize=False, decay=1``. The default was chosen on validation
+  steps at full scale and then judged on held-out steps
+  (``python -m benchmarks sparsegrad_settings``, ``benchmarks/results/sparsegrad_settings_full.md``):
+  0.875 of the held-out gradient energy in a fixed 1% index set against 0.849 for decay 0.97.
 
 Every basis object has the interface of :class:`lrmath.ops.OrthogonalOperator`:
 ``apply(x, axis)`` (``Q x``), ``apply_t(x, axis)`` (``Q^T x``), ``matrix()``, ``n``,
@@ -186,6 +188,13 @@ def _sym_eig_desc(A: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarr
     return np.maximum(w, 0.0), Q * s[None, :]
 
 
+#: Decay of the Gram matrices of the default learned basis, and of the index-set scores
+#: (per-step normalised energies); chosen on validation steps, see
+#: ``benchmarks/results/sparsegrad_settings_full.md``.
+DEFAULT_DECAY = 0.85
+DEFAULT_SCORE_DECAY = 0.97
+
+
 @public
 class GramAccumulator:
     """Running Gram matrices of a layer's gradients, from which the learned basis comes.
@@ -198,8 +207,9 @@ class GramAccumulator:
         Divide each step's contribution by ``||G_s||_F^2`` (default True, facts.md).
     decay : float in (0, 1]
         Multiply the accumulated matrices by ``decay`` before adding a step, so step
-        ``s`` of ``S`` has weight ``decay^(S - s)``. Default 0.97 (an effective window of
-        ~33 steps, close to facts.md's best "last 30 steps"); ``1.0`` is the plain sum.
+        ``s`` of ``S`` has weight ``decay^(S - s)``. Default :data:`DEFAULT_DECAY` (0.85, an
+        effective window of ~7 steps; chosen on validation steps, see the module docstring);
+        ``1.0`` is the plain sum.
 
     Notes
     -----
@@ -209,7 +219,7 @@ class GramAccumulator:
     ``t`` is small; the route is chosen by that flop count.
     """
 
-    def __init__(self, n: int, m: int, *, normalize: bool = True, decay: float = 0.97):
+    def __init__(self, n: int, m: int, *, normalize: bool = True, decay: float = DEFAULT_DECAY):
         from ..backend import check_positive_int
 
         self.n = check_positive_int(n, "n")
@@ -281,7 +291,7 @@ class GramAccumulator:
 
 
 @public
-def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = 0.97, dtype=np.float32):
+def learned_bases(grads: Iterable, *, normalize: bool = True, decay: float = DEFAULT_DECAY, dtype=np.float32):
     """Learned ``(U, V)`` from an iterable of gradients ``G_s (n, m)`` (see :class:`GramAccumulator`)."""
     acc = None
     for G in grads:

@@ -340,6 +340,11 @@ def _text_windows(texts, tokenizer, window):
 
 def _call(model, item):
     if isinstance(item, dict):
+        import inspect
+
+        # a KV cache would be updated each time a block is re-run on the stored inputs (keys seen twice)
+        if "use_cache" not in item and "use_cache" in inspect.signature(model.forward).parameters:
+            item = {**item, "use_cache": False}
         return model(**item)
     if isinstance(item, (tuple, list)):
         return model(*item)
@@ -379,9 +384,12 @@ def _hessian_hooks(model, names, H, state=None):
     return hooks
 
 
-def _quantize_with(model, names, H, bits, kw):
+def _quantize_with(model, names, H, bits, kw, replace=None):
     for n in names:
         lin = model.get_submodule(n)
+        if replace is not None:
+            _set_module(model, n, replace(lin, H[n].numpy()))
+            continue
         q = quantize(lin.weight.detach().cpu().float().numpy(), bits, calibration=H[n].numpy(), **kw)
         _set_module(model, n, KashinLinear(q, lin.bias))
 
@@ -389,8 +397,13 @@ def _quantize_with(model, names, H, bits, kw):
 @public
 @torch.no_grad()
 def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *, progress: bool = False,
-                              **kw) -> nn.Module:
+                              replace=None, **kw) -> nn.Module:
     """Calibrated, block-sequential quantization of the linears ``names`` (see :func:`quantize_model`).
+
+    ``replace``, optional: a callable ``(linear, H) -> nn.Module`` (``H`` the float64 NumPy
+    ``X^T X`` of the linear's inputs) used instead of Kashin -- e.g. a peer quantizer such as
+    GPTQ (``rtn_quantize(W, bits, group, calibration=H)``), so that peers run through the same
+    block-sequential capture. Linears the calibration never reaches are then left as they are.
 
     The decision on what "sequential" means here: per repeated block (GPTQ's choice); within a
     block, all linears see the block's inputs through the unquantized block (q/k/v and o_proj are
@@ -402,6 +415,8 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
     batches = list(calibration)
     if not batches:
         raise OptionError("calibration is empty: pass at least one batch of inputs")
+    if replace is not None and not callable(replace):
+        raise OptionError(f"replace must be a callable (linear, H) -> module, got {type(replace).__name__}")
     names = list(names)
     was_training = model.training
     model.eval()
@@ -413,6 +428,8 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
         store = []
 
         def grab(mod, args, kwargs):
+            # no cache object: blocks are re-run on these inputs (H capture, then the outputs)
+            kwargs = {k: (None if k in ("past_key_value", "past_key_values") else v) for k, v in kwargs.items()}
             store.append((args, kwargs))
             raise _Stop
 
@@ -441,7 +458,7 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
                     state["mask"] = None
                     for hk in hooks:
                         hk.remove()
-                _quantize_with(model, [n for n in mine if n in H], H, bits, kw)
+                _quantize_with(model, [n for n in mine if n in H], H, bits, kw, replace)
                 done += [n for n in mine if n in H]
             new = []
             for args, kwargs in store:
@@ -461,9 +478,13 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
             state["mask"] = None
             for hk in hooks:
                 hk.remove()
-        _quantize_with(model, [n for n in rest if n in H], H, bits, kw)
+        _quantize_with(model, [n for n in rest if n in H], H, bits, kw, replace)
         done += [n for n in rest if n in H]
     never = [n for n in names if n not in done]  # not reached by the calibration inputs: data-free
+    if replace is not None:  # a peer: what it cannot calibrate stays as it was
+        model.train(was_training)
+        model.kashin_uncalibrated = never
+        return model
     kw_free = {k: v for k, v in kw.items() if k not in ("damp",)}
     if kw_free.get("lowrank") == "lqer":
         kw_free["lowrank"] = "loftq"

@@ -490,7 +490,8 @@ def _match(name: str, patterns: Sequence[str], exclude: Sequence[str] = ()) -> b
 def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learned", *,
                    patterns: Sequence[str] = DEFAULT_PATTERNS, exclude: Sequence[str] = DEFAULT_EXCLUDE, warmup: Callable[[nn.Module], torch.Tensor] | None = None,
                    steps: int = 8, grads: Mapping[str, Iterable[torch.Tensor]] | None = None,
-                   normalize: bool = True, decay: float = 0.97, seed: int = 0, route: str = "auto") -> dict[str, SparseGradLinear]:
+                   normalize: bool = True, decay: float | None = None, score_decay: float | None = None, seed: int = 0,
+                   route: str = "auto") -> dict[str, SparseGradLinear]:
     """Replace the MLP linears of ``model`` by :class:`SparseGradLinear` layers (in place).
 
     The basis (``'learned'``, ``'dct'``, ``'hadamard'``, ``'random'``, ``'original'``) and the
@@ -502,8 +503,21 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
     :func:`lrmath.data.capture_linears`. Every other parameter of the model is frozen.
     ``route`` is passed to each :class:`SparseGradLinear`.
 
+    ``decay`` weighs the warm-up steps in the Gram matrices of the learned basis (default
+    :data:`lrmath.sparsegrad.bases.DEFAULT_DECAY`, 0.85); the index set is the top entries of the
+    ``score_decay``-weighted sum (default ``DEFAULT_SCORE_DECAY``, 0.97) of each step's transformed
+    energy divided by that step's total, so every step counts by its direction, not its size.
+    Both defaults were chosen on validation steps (``benchmarks/results/sparsegrad_settings_full.md``).
+
     Returns ``{module name: SparseGradLinear}``.
     """
+    from ..sparsegrad.bases import DEFAULT_DECAY, DEFAULT_SCORE_DECAY
+
+    decay = DEFAULT_DECAY if decay is None else decay
+    score_decay = DEFAULT_SCORE_DECAY if score_decay is None else score_decay
+    for nm, v in (("decay", decay), ("score_decay", score_decay)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0:
+            raise OptionError(f"{nm} must be a number in (0, 1], got {v!r}")
     k_density = float(density)
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and _match(n, patterns, exclude)]
     if not names:
@@ -553,12 +567,13 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
             U, V = acc.bases(dtype=np.float64 if lin.weight.dtype == torch.float64 else np.float32)
         else:
             U, V = _basis(basis, n, seed), _basis(basis, m, seed)
-        sel = IndexSelector((n, m), density=k_density, pool=None, decay=decay)
+        sel = IndexSelector((n, m), density=k_density, pool=None, decay=score_decay)
         for g in gl:
-            sel.update(U.apply_t(V.apply_t(g, axis=1), axis=0))
+            tot = float(np.sum(g * g))  # the transform is orthogonal: the step's energy is kept
+            sel.update(U.apply_t(V.apply_t(g, axis=1), axis=0) / (np.sqrt(tot) if tot > 0 else 1.0))
         idx = sel.select()
         layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
-        layer.selector = IndexSelector((n, m), k=idx.size, decay=decay)
+        layer.selector = IndexSelector((n, m), k=idx.size, decay=score_decay)
         setattr(parent, attr, layer)
         out[name] = layer
     return out
