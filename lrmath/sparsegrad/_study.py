@@ -40,7 +40,7 @@ __all__ = ["mlp_layer_names", "capture_mlp_grads", "energy_study", "STUDY_BASES"
 STUDY_BASES = ("original", "dct", "hadamard", "random", "learned (paper: plain sum)", "learned",
                "learned (online, K=1)", "oracle (previous step's SVD)")
 #: Settings of the online learned basis (``learned (online, K=1)``), measured in
-#: benchmarks/results/sparsegrad_energy_full.md (``LRMATH_SCALE=full python -m lrmath sparsegrad``).
+#: benchmarks/results/sparsegrad_energy_cpu.md (``python -m benchmarks sparsegrad_energy``, the same study).
 ONLINE = {"refresh_every": 1, "decay": 0.9, "window": 3, "score_decay": 0.7}
 
 
