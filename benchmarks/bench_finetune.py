@@ -58,7 +58,7 @@ def _table(out, s, args, started):
 
     rows = out["rows"]
     for r in rows:
-        r["test acc"] = f"{r['test acc']:.2f} ± {r['std']:.2f}" if r["seeds"] > 1 else f"{r['test acc']:.2f}"
+        r["test acc"] = f"{r['test acc']:.2f} ± {r['std']:.2f}" if r["std"] is not None else f"{r['test acc']:.2f}"
         r.pop("std")
     grids = "; ".join(f"{m}: {', '.join(f'{x:g}' for x in spec.lrs)}" for m, spec in METHODS.items())
     notes = (f"all-MiniLM-L6-v2 (transformers BertModel) + linear head on mean-pooled output; {s.steps} AdamW steps of "

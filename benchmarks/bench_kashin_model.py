@@ -66,7 +66,7 @@ def add_arguments(parser):
     parser.add_argument("--rows", nargs="*", default=None, help="row ids to run (default all)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached rows")
     parser.add_argument("--report", action="store_true", help="only rewrite the table from finished rows")
-    parser.add_argument("--lora-steps", type=int, default=40)
+    parser.add_argument("--lora-steps", type=int, default=200)
     parser.add_argument("--lora-seq", type=int, default=64)
     parser.add_argument("--lora-batch", type=int, default=2)
     parser.add_argument("--lora-rank", type=int, default=8)

@@ -130,6 +130,11 @@ def test_table_resumes_from_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "time_steps", boom)
     again = ft.run_table([task], methods, _SMOKE, tiny, seeds=2, cache=ft.RunCache(path), log=lambda s: None)
     assert again["rows"] == out["rows"]
+    # a partial table (one seed finished, no timing yet) summarises without NaN: std and ratio are None
+    partial = ft.RunCache(None)
+    partial.data["runs"] = {k: v for k, v in stored["runs"].items() if "seed=1" not in k}
+    rows = ft.summarise(partial, [task], methods, _SMOKE, seeds=2)
+    assert [r["seeds"] for r in rows] == [1, 1] and all(r["std"] is None and r["step / full"] is None for r in rows)
 
 
 def test_real_minilm_smoke():

@@ -127,13 +127,17 @@ def test_padding_rows_left_out_of_h():
     assert_close(H["0"], real.T @ real, rtol=1e-12, atol=1e-12)
 
 
-def test_calibrated_quantize_model_tiny_llama(tmp_path):
+def _tiny_llama(seed, batch, seq):
+    """A 2-block random transformers Llama (vocabulary 64, width 32) and token ids (batch, seq)."""
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, 64, (16, 12))
+    return transformers, cfg, transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 64, (batch, seq))
+
+
+def test_calibrated_quantize_model_tiny_llama(tmp_path):
+    transformers, cfg, model, ids = _tiny_llama(0, 16, 12)
 
     def logits(m, x):
         with torch.no_grad():
@@ -171,15 +175,10 @@ def test_calibrated_quantize_model_tiny_llama(tmp_path):
 def test_calibrated_quantize_model_with_a_peer_quantizer():
     """``replace=``: the peer sees each linear's X^T X, block 0 from the float model and block 1 from
     the model whose block 0 is already replaced (block-sequential), checked by independent hooks."""
-    transformers = pytest.importorskip("transformers")
     from lrmath.kashin import rtn_quantize
     from lrmath.torch.kashin import calibrated_quantize_model
 
-    torch.manual_seed(1)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, 64, (6, 10))
+    _, _, model, ids = _tiny_llama(1, 6, 10)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
     seen = {}
 

@@ -405,10 +405,11 @@ def summarise(cache: RunCache, tasks: Sequence[Task | str], methods: Sequence[st
             rows.append({
                 "task": tname, "method": method, "lr": best["lr"],
                 "grid val acc": " / ".join(f"{100 * g['accuracy']['validation']:.1f}" for g in grid),
-                "test acc": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan"),
+                # None, not NaN, where a number does not exist yet (one seed, no timing round)
+                "test acc": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
                 "seeds": len(accs), "trainable": best["trainable_params"],
                 "optim state MB": best["optimizer_state_bytes"] / 2**20, "activations MB": best["activation_bytes"] / 2**20,
-                "step / full": tm.get("ratio", float("nan")),
+                "step / full": tm.get("ratio"),
                 "ratio range": f"{tm['ratio_min']:.2f}-{tm['ratio_max']:.2f}" if "ratio_min" in tm else "",
                 "wall s": float(np.mean([r["wall_s"] for r in recs])),
             })
