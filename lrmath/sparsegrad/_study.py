@@ -32,7 +32,7 @@ import numpy as np
 
 from .analysis import energy_at_density
 from .bases import DEFAULT_DECAY, DEFAULT_SCORE_DECAY, GramAccumulator, basis, transform
-from .select import IndexSelector
+from .select import _fixed_index_set
 from ..errors import OptionError
 
 __all__ = ["mlp_layer_names", "capture_mlp_grads", "energy_study", "STUDY_BASES"]
@@ -58,18 +58,6 @@ def capture_mlp_grads(steps: int, *, blocks: Sequence[int] | None = None, n_pair
     names = mlp_layer_names(blocks)
     cap = data.capture_linears(steps=steps, layers=names, optimizer_lr=lr, n_pairs=n_pairs, max_length=max_length, seed=seed)
     return {n: (cap[n]["grads"] if steps > 1 else [cap[n]["grad"]]) for n in names}
-
-
-def _fixed_set(grads, U, V, density, decay=1.0, normalize=False):
-    """Top ``density`` entries of the ``decay``-weighted sum of the transformed energies (each
-    step divided by its total energy when ``normalize``)."""
-    n, m = grads[0].shape
-    sel = IndexSelector((n, m), density=density, pool=None, decay=decay)
-    for g in grads:
-        Gt = transform(g, U, V)
-        tot = float(np.sum(np.asarray(g, np.float64) ** 2)) if normalize else 1.0
-        sel.update(Gt / np.sqrt(tot) if tot > 0 else Gt)
-    return sel.select()
 
 
 def _share_at(Gt, idx):
@@ -105,10 +93,9 @@ def energy_study(grads: Mapping[str, Sequence[np.ndarray]], *, density: float = 
                 U, V = acc.bases(dtype=np.float64)
             else:
                 U, V = basis(b, n, seed), basis(b, m, seed)
-            if b == "learned":  # the default layer's index set (sparsegrad_mlp)
-                idx = _fixed_set(fit, U, V, density, decay=DEFAULT_SCORE_DECAY, normalize=True)
-            else:
-                idx = _fixed_set(fit, U, V, density)
+            default = b == "learned"  # the default layer's index set (sparsegrad_mlp)
+            idx = _fixed_index_set(fit, lambda g: transform(g, U, V), (n, m), density,
+                                   decay=DEFAULT_SCORE_DECAY if default else 1.0, normalize=default)
             tops, fixed = [], []
             for g in test:
                 Gt = transform(g, U, V)

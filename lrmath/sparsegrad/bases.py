@@ -26,7 +26,7 @@ Bases
   older steps are down-weighted by ``decay`` (default :data:`DEFAULT_DECAY` = 0.85); the
   paper's plain sum is ``normalize=False, decay=1``. The default was chosen on validation
   steps at full scale and then judged on held-out steps
-  (``python -m benchmarks sparsegrad_settings``, ``benchmarks/results/sparsegrad_settings_full.md``):
+  (``python -m benchmarks sparsegrad_settings``, ``benchmarks/results/sparsegrad_settings_cpu.md``):
   0.875 of the held-out gradient energy in a fixed 1% index set against 0.849 for decay 0.97.
 
 Every basis object has the interface of :class:`lrmath.ops.OrthogonalOperator`:
@@ -190,7 +190,7 @@ def _sym_eig_desc(A: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarr
 
 #: Decay of the Gram matrices of the default learned basis, and of the index-set scores
 #: (per-step normalised energies); chosen on validation steps, see
-#: ``benchmarks/results/sparsegrad_settings_full.md``.
+#: ``benchmarks/results/sparsegrad_settings_cpu.md``.
 DEFAULT_DECAY = 0.85
 DEFAULT_SCORE_DECAY = 0.97
 

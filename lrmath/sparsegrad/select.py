@@ -284,3 +284,16 @@ class IndexSelector:
     def __repr__(self) -> str:
         return (f"IndexSelector(shape={self.shape}, k={self.k}, refresh_every={self.refresh_every}, "
                 f"decay={self.decay}, pool={self.pool}, steps={self.steps}, candidates={self.cand.size})")
+
+
+def _fixed_index_set(grads, to_basis, shape, density, *, decay: float = 1.0, normalize: bool = False) -> np.ndarray:
+    """One fixed index set from warm-up gradients: the top ``density`` entries of the
+    ``decay``-weighted sum of the transformed energies ``to_basis(G_s)^2``, each step divided by
+    its total energy ``||G_s||^2`` when ``normalize`` (the default layer's rule; the paper's is
+    ``decay=1, normalize=False``). Shared by :func:`lrmath.torch.sparsegrad_mlp` and the energy study."""
+    sel = IndexSelector(shape, density=density, pool=None, decay=decay)
+    for g in grads:
+        gt = to_basis(g)
+        tot = float(np.sum(np.asarray(g, np.float64) ** 2)) if normalize else 1.0
+        sel.update(gt / np.sqrt(tot) if tot > 0 else gt)
+    return sel.select()

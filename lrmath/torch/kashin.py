@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 from typing import Iterable
 
 import numpy as np
@@ -340,15 +341,17 @@ def _text_windows(texts, tokenizer, window):
 
 def _call(model, item):
     if isinstance(item, dict):
-        import inspect
-
-        # a KV cache would be updated each time a block is re-run on the stored inputs (keys seen twice)
-        if "use_cache" not in item and "use_cache" in inspect.signature(model.forward).parameters:
-            item = {**item, "use_cache": False}
         return model(**item)
     if isinstance(item, (tuple, list)):
         return model(*item)
     return model(item)
+
+
+def _is_kv_cache(value) -> bool:
+    """True for a transformers ``Cache`` (a model that passes one has imported transformers)."""
+    tf = sys.modules.get("transformers")
+    cache_cls = getattr(getattr(tf, "cache_utils", None), "Cache", None)
+    return cache_cls is not None and isinstance(value, cache_cls)
 
 
 def _find_blocks(model, names):
@@ -428,8 +431,9 @@ def calibrated_quantize_model(model: nn.Module, bits: int, names, calibration, *
         store = []
 
         def grab(mod, args, kwargs):
-            # no cache object: blocks are re-run on these inputs (H capture, then the outputs)
-            kwargs = {k: (None if k in ("past_key_value", "past_key_values") else v) for k, v in kwargs.items()}
+            # no KV cache: blocks are re-run on these inputs (H capture, then the outputs), and a cache
+            # would take each block's keys twice (whatever the model names the argument)
+            kwargs = {k: (None if _is_kv_cache(v) else v) for k, v in kwargs.items()}
             store.append((args, kwargs))
             raise _Stop
 

@@ -51,9 +51,9 @@ from .. import ops as _ops
 from ..errors import ArgumentTypeError, OptionError, ShapeError
 from ..sparsegrad.bases import GramAccumulator, basis as _basis, columns
 from ..sparsegrad.sddmm import route_model, topk_product
-from ..sparsegrad.select import IndexSelector, check_indices
+from ..sparsegrad.select import IndexSelector, _fixed_index_set, check_indices
 from ._compile import handle, is_compiling, lookup
-from ..backend import public
+from ..backend import check_float, public
 from ._inputs import layer_forward
 
 __all__ = ["SparseGradLinear", "sparsegrad_mlp", "DEFAULT_PATTERNS", "DEFAULT_EXCLUDE", "ROUTES", "FAST_KINDS"]
@@ -507,17 +507,16 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
     :data:`lrmath.sparsegrad.bases.DEFAULT_DECAY`, 0.85); the index set is the top entries of the
     ``score_decay``-weighted sum (default ``DEFAULT_SCORE_DECAY``, 0.97) of each step's transformed
     energy divided by that step's total, so every step counts by its direction, not its size.
-    Both defaults were chosen on validation steps (``benchmarks/results/sparsegrad_settings_full.md``).
+    Both defaults were chosen on validation steps (``benchmarks/results/sparsegrad_settings_cpu.md``).
 
     Returns ``{module name: SparseGradLinear}``.
     """
     from ..sparsegrad.bases import DEFAULT_DECAY, DEFAULT_SCORE_DECAY
 
-    decay = DEFAULT_DECAY if decay is None else decay
-    score_decay = DEFAULT_SCORE_DECAY if score_decay is None else score_decay
-    for nm, v in (("decay", decay), ("score_decay", score_decay)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0:
-            raise OptionError(f"{nm} must be a number in (0, 1], got {v!r}")
+    # checked before the warm-up runs, so a bad value fails at once
+    decay = check_float(DEFAULT_DECAY if decay is None else decay, "decay", minimum=0.0, maximum=1.0, min_open=True)
+    score_decay = check_float(DEFAULT_SCORE_DECAY if score_decay is None else score_decay, "score_decay",
+                              minimum=0.0, maximum=1.0, min_open=True)
     k_density = float(density)
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and _match(n, patterns, exclude)]
     if not names:
@@ -567,11 +566,8 @@ def sparsegrad_mlp(model: nn.Module, density: float = 0.01, basis: str = "learne
             U, V = acc.bases(dtype=np.float64 if lin.weight.dtype == torch.float64 else np.float32)
         else:
             U, V = _basis(basis, n, seed), _basis(basis, m, seed)
-        sel = IndexSelector((n, m), density=k_density, pool=None, decay=score_decay)
-        for g in gl:
-            tot = float(np.sum(g * g))  # the transform is orthogonal: the step's energy is kept
-            sel.update(U.apply_t(V.apply_t(g, axis=1), axis=0) / (np.sqrt(tot) if tot > 0 else 1.0))
-        idx = sel.select()
+        idx = _fixed_index_set(gl, lambda g: U.apply_t(V.apply_t(g, axis=1), axis=0), (n, m), k_density,
+                               decay=score_decay, normalize=True)
         layer = SparseGradLinear.from_linear(lin, U, V, idx, route=route)
         layer.selector = IndexSelector((n, m), k=idx.size, decay=score_decay)
         setattr(parent, attr, layer)
