@@ -27,6 +27,8 @@ ROWS = [
     # H = X^T X with states no real input produces), 512 sentences, damping 0.1 for the small sample
     ("kashin-cal-2-nopad", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1}),
     ("kashin-cal-2-nopad-lqer", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
+    # data-free codes + data-free LoftQ factors (no calibration at all)
+    ("kashin-2-loftq", "kashin", 2, {"rank_bpw": 0.33, "lowrank_bits": 8}),
     ("hqq-g64-2", "hqq", 2, {"group": 64}),
     ("rtn-g64-2", "rtn", 2, {"group": 64}),
 ]

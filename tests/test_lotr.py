@@ -84,7 +84,9 @@ def test_hooi_never_increases_the_error(case, init):
     res = lotr.tucker2(T, (ra, rb), init=init, max_iter=15, tol=0.0, seed=seed % 1000)
     errs = np.asarray(res.errors)
     slack = tolerance(np.float64, L * max(m, n), depth=2)
-    assert np.all(np.diff(errs) <= slack * errs[0] + 1e-300), errs
+    # errors are ||T - R|| / ||T||; rounding in R is of order eps * ||T||, i.e. absolute in these
+    # units (a near-exact fit's error 2e-3 still moves by ~1e-17 between identical iterates)
+    assert np.all(np.diff(errs) <= slack), errs
     # the recorded final error is the actual error of the returned factors
     assert res.error == pytest.approx(_err(T, res.A, res.G, res.B), rel=slack, abs=slack)
     # factors are orthonormal and the cores are the optimal A^T T B for them
