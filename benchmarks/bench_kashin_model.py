@@ -57,6 +57,13 @@ ROWS = [
     ("gptq-g192-4", "gptq", 4, {"group": 192}),
     ("gptq-g64-4", "gptq", 4, {"group": 64}),
     ("gptq-g64-2", "gptq", 2, {"group": 64}),
+    # the same codes, then the float RMSNorm weights (stored in float by every method: no extra bits)
+    # distilled towards the fp model's next-token distribution (lrmath.torch.kashin.distill_floats,
+    # KL over --distill-steps windows of the calibration half); the GPTQ row is the peer treated alike
+    ("kashin-cal-3+distill", "distill", 3, {"base": "kashin-cal-3"}),
+    ("kashin-cal-4+distill", "distill", 4, {"base": "kashin-cal-4"}),
+    ("kashin-cal-2-lqer+distill", "distill", 2, {"base": "kashin-cal-2-lqer"}),
+    ("gptq-g192-3+distill", "distill", 3, {"base": "gptq-g192-3"}),
 ]
 
 
@@ -71,6 +78,9 @@ def add_arguments(parser):
     parser.add_argument("--lora-batch", type=int, default=2)
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=2e-3)
+    parser.add_argument("--distill-steps", type=int, default=150)
+    parser.add_argument("--distill-seq", type=int, default=256)
+    parser.add_argument("--distill-lr", type=float, default=5e-4)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -238,6 +248,23 @@ def _lora_finetune(model, kashin_layers, train_ids, args):
             "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:]))}
 
 
+def _distill(model, base, cal_ids, args):
+    """Tune the quantized model's RMSNorm weights towards ``base`` (token-level KL), windows of the calibration half."""
+    import torch
+    from lrmath.torch.kashin import distill_floats
+
+    seq = args.distill_seq
+    ids = torch.as_tensor(np.asarray(cal_ids))
+    batches = [{"input_ids": ids[i:i + seq][None], "use_cache": False} for i in range(0, len(ids) - seq + 1, seq)]
+    t0 = time.perf_counter()
+    rep = distill_floats(model, base, batches, steps=args.distill_steps, lr=args.distill_lr, loss="kl", seed=0,
+                         progress=True)
+    return {"distill_steps": args.distill_steps, "distill_seq": seq, "distill_lr": args.distill_lr,
+            "distill_windows": len(batches), "distill_params": rep["parameters"],
+            "train_seconds": time.perf_counter() - t0, "loss_first10": float(np.mean(rep["losses"][:10])),
+            "loss_last10": float(np.mean(rep["losses"][-10:]))}
+
+
 # ----------------------------------------------------------------------------- the suite
 def run(args) -> dict:
     import torch
@@ -276,6 +303,14 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             ppl, ntok = _ppl(base, ev_ids, max_tokens=args.max_tokens)
             row = {"bpw": 16.0, "quantize_s": 0.0}
+        elif method == "distill":
+            src = opts["base"]
+            srow = next(r for r in ROWS if r[0] == src)
+            model = copy.deepcopy(base)
+            bpw, secs, extra = _quantize(model, srow[1], srow[2], srow[3], cal)
+            info = _distill(model, base, cal_ids, args)
+            ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
+            row = {"bpw": bpw, "quantize_s": secs, **info}
         elif method == "lora":
             src = opts["base"]
             srow = next(r for r in ROWS if r[0] == src)

@@ -10,7 +10,8 @@ name                              file                   issue
 ``RandomizedLinear``,             ``randmm.py``          randomized matmul
 ``randomize``
 ``KashinLinear``,                 ``kashin.py``          Kashin quantization
-``quantize_model``
+``quantize_model``,
+``distill_floats``
 ``MiniLM``                        ``model.py``           the default model
 ``kashin_hook``,                  ``kashin_comm.py``     Kashin gradient compression
 ``KashinHookState``
@@ -36,6 +37,7 @@ _KNOWN = {
     "randomize": "randmm",
     "KashinLinear": "kashin",
     "quantize_model": "kashin",
+    "distill_floats": "kashin",
     "MiniLM": "model",
     "kashin_hook": "kashin_comm",
     "KashinHookState": "kashin_comm",

@@ -29,11 +29,11 @@ from .. import ops
 from ..errors import FormatError, OptionError, ShapeError
 from ..kashin import format as fmt
 from ..kashin.quantize import KashinQuantized, load_entries, quantize
-from ..backend import public
+from ..backend import check_choice, public
 from ._inputs import layer_forward
 
 __all__ = ["KashinLinear", "quantize_model", "calibrated_quantize_model", "load_quantized", "save_quantized",
-           "DEFAULT_EXCLUDE"]
+           "distill_floats", "DEFAULT_EXCLUDE", "DISTILL_LOSSES"]
 
 DEFAULT_EXCLUDE = ("*embed*", "*head*", "*classifier*", "*pooler*")
 
@@ -562,3 +562,192 @@ def load_quantized(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
         raise FormatError(f"{path}: state does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.kashin_layers = sorted(kl)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Float-parameter distillation (bias correction / norm tweaking after quantization)
+
+DISTILL_LOSSES = ("auto", "kl", "cosine", "mse")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # LayerNorm, GroupNorm, and the RMSNorm classes of transformers (LlamaRMSNorm, ...) by name
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith("Norm")
+
+
+def _distill_params(model: nn.Module, which) -> list[tuple[str, nn.Parameter]]:
+    out, seen = [], set()
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if id(p) in seen or not p.is_floating_point():
+                continue
+            if ("norm" in which and _is_norm(mod)) or ("bias" in which and pname == "bias"):
+                seen.add(id(p))
+                out.append((full, p))
+    return out
+
+
+def _states(out):
+    # last hidden states of an encoder, else the logits of a language model, else a bare tensor
+    for key in ("last_hidden_state", "logits"):
+        v = getattr(out, key, None)
+        if v is not None:
+            return v
+    return out
+
+
+def _distill_loss(kind, out_q, out_r, mask):
+    """Loss between the quantized model's output ``out_q`` and the reference's ``out_r``."""
+    import torch.nn.functional as F
+
+    from .model import mean_pool
+
+    if kind == "kl":
+        lq = getattr(out_q, "logits", None)
+        lr_ = getattr(out_r, "logits", None)
+        if lq is None or lr_ is None:
+            raise OptionError("loss='kl' needs model outputs with .logits (a language model)")
+        kl = F.kl_div(F.log_softmax(lq.float(), -1), F.log_softmax(lr_.float(), -1), log_target=True,
+                      reduction="none").sum(-1)
+        if mask is None:
+            return kl.mean()
+        m = mask.to(kl.dtype)
+        return (kl * m).sum() / m.sum().clamp_min(1.0)
+    hq, hr = _states(out_q), _states(out_r)
+    if not torch.is_tensor(hq) or hq.shape != hr.shape:
+        raise ShapeError("the model and the reference must return hidden states of one shape")
+    if mask is None:
+        mask = torch.ones(hq.shape[:-1], dtype=torch.long, device=hq.device)
+    if kind == "cosine":
+        return (1.0 - (mean_pool(hq.float(), mask) * mean_pool(hr.float(), mask)).sum(-1)).mean()
+    m = mask.to(torch.float32)[..., None]
+    return ((hq.float() - hr.float()) ** 2 * m).sum() / ((hr.float() ** 2) * m).sum().clamp_min(1e-30)
+
+
+@public
+def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps: int = 300, lr: float = 1e-3,
+                   params=("bias", "norm"), loss: str = "auto", seed: int = 0, tokenizer=None, window: int = 512,
+                   progress: bool = False) -> dict:
+    """Tune the float parameters a weight quantizer leaves alone so ``model`` matches ``reference``.
+
+    After weight-only quantization the biases and normalisation weights are still stored in float
+    (and so cost no bits per weight). Training only them to reproduce the float model's outputs on
+    calibration inputs undoes part of the quantization's systematic error: bias correction (Nagel et
+    al. 2019, DFQ, sec. 4.2) and norm tweaking (Li et al. 2024, "Norm Tweaking", eq. 4) do the same
+    layer by layer; here it is end to end, with AdamW, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The quantized model (e.g. after :func:`quantize_model`); modified in place. Only the
+        selected parameters change; every other parameter keeps its ``requires_grad``.
+    reference : nn.Module
+        The float model it was quantized from (keep a ``copy.deepcopy`` before quantizing); only run
+        forward, never changed.
+    calibration : iterable of model inputs, or of str
+        Batches as for :func:`quantize_model` (a LongTensor of ids or a dict of keyword arguments,
+        whose ``attention_mask`` (b, s) marks the real tokens), or texts with ``tokenizer`` (cut into
+        windows of ``window`` tokens). Steps cycle through the batches, in a seeded order per pass.
+    steps : int
+        AdamW steps (one batch each). lr : float, AdamW learning rate (no weight decay).
+    params : iterable of {"bias", "norm"}
+        Which floats to train: every parameter named ``bias`` (of any module), and the parameters
+        of normalisation modules (``nn.LayerNorm``, ``nn.GroupNorm``, classes named ``*Norm`` such
+        as transformers' ``LlamaRMSNorm``).
+    loss : {"auto", "kl", "cosine", "mse"}
+        ``"kl"``: token-level KL(reference || model) of ``.logits`` over real tokens (language
+        models); ``"cosine"``: 1 - cosine of the mean-pooled last hidden states (sentence encoders);
+        ``"mse"``: squared error of the last hidden states (of the logits when the output has no
+        ``.last_hidden_state``) over real tokens, relative to the reference's energy. ``"auto"``: ``"kl"`` when the output has ``.logits``, else ``"cosine"``.
+    seed : int
+        Seeds the batch order.
+    progress : bool
+        A progress bar over steps (on a terminal, or with ``LRMATH_PROGRESS=1``).
+
+    Returns
+    -------
+    dict
+        ``{"parameters": int, "tensors": int, "loss": str, "losses": list[float] (one per step)}``.
+
+    Raises
+    ------
+    NonFiniteError
+        A step's loss is NaN or Inf; the selected parameters are then restored to their values on
+        entry.
+    """
+    from .._progress import progress as _bar
+    from ..backend import check_float, check_int
+    from ..errors import ArgumentTypeError, NonFiniteError
+
+    if not isinstance(model, nn.Module) or not isinstance(reference, nn.Module):
+        raise ArgumentTypeError("model and reference must be torch.nn.Module instances")
+    if model is reference:
+        raise OptionError("reference must be a separate float copy of the model, not the model itself")
+    steps = check_int(steps, "steps", minimum=1)
+    lr = check_float(lr, "lr", minimum=0.0, min_open=True)
+    seed = check_int(seed, "seed", minimum=0)
+    if isinstance(params, str):
+        params = (params,)
+    try:
+        which = set(params)
+    except TypeError:
+        raise ArgumentTypeError(f"params must be an iterable of 'bias'/'norm', got {params!r}") from None
+    if not which or not which <= {"bias", "norm"}:
+        raise OptionError(f"params must be a non-empty subset of ('bias', 'norm'), got {params!r}")
+    loss = check_choice(loss, "loss", DISTILL_LOSSES)
+    batches = list(calibration) if calibration is not None else []
+    if batches and all(isinstance(c, str) for c in batches):
+        batches = _text_windows(batches, tokenizer, window)
+    if not batches:
+        raise OptionError("calibration is empty: pass at least one batch of inputs")
+    chosen = _distill_params(model, which)
+    if not chosen:
+        raise OptionError(f"the model has no {'/'.join(sorted(which))} parameters to tune")
+
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    saved = [p.detach().clone() for _, p in chosen]
+    was_training = (model.training, reference.training)
+    model.eval()  # dropout off: the two models must see the same function of the inputs
+    reference.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, p in chosen:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([p for _, p in chosen], lr=lr, weight_decay=0.0)
+    order = np.random.default_rng(seed)
+    perm: list[int] = []
+    losses: list[float] = []
+    kind = loss
+    try:
+        for _ in (_bar(range(steps), desc="distill floats", total=steps) if progress else range(steps)):
+            if not perm:
+                perm = list(order.permutation(len(batches)))
+            item = batches[perm.pop()]
+            mask = item.get("attention_mask") if isinstance(item, dict) else None
+            with torch.no_grad():
+                out_r = _call(reference, item)
+            out_q = _call(model, item)
+            if kind == "auto":
+                kind = "kl" if getattr(out_q, "logits", None) is not None else "cosine"
+            value = _distill_loss(kind, out_q, out_r, mask)
+            if not torch.isfinite(value):
+                raise NonFiniteError(f"distill_floats: loss is {float(value)} at step {len(losses)}; "
+                                     "parameters restored (try a smaller lr)")
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            losses.append(float(value.detach()))
+    except BaseException:
+        with torch.no_grad():
+            for (_, p), s in zip(chosen, saved):
+                p.copy_(s)
+        raise
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), p.requires_grad))
+            p.grad = None
+        model.train(was_training[0])
+        reference.train(was_training[1])
+    return {"parameters": int(sum(p.numel() for _, p in chosen)), "tensors": len(chosen), "loss": kind,
+            "losses": losses}

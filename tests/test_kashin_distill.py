@@ -1,0 +1,172 @@
+"""distill_floats: bias / norm tuning of a quantized model towards its float reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import torch.nn.functional as F  # noqa: E402
+
+from lrmath.errors import ArgumentTypeError, NonFiniteError, OptionError  # noqa: E402
+from lrmath.torch.kashin import KashinLinear, distill_floats, load_quantized, quantize_model, save_quantized  # noqa: E402
+
+from . import torch_models  # noqa: E402
+
+
+def _batches(n=6, b=3, s=10, seed=0, mask=False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, torch_models.VOCAB, (b, s), generator=g)
+        if mask:
+            am = torch.ones(b, s, dtype=torch.long)
+            am[0, s // 2:] = 0  # one padded row: padding must stay out of the loss
+            out.append({"input_ids": ids, "attention_mask": am})
+        else:
+            out.append(ids)
+    return out
+
+
+def _quantized(kind):
+    ref = torch_models.llama(torch.float32, 3) if kind == "llama" else torch_models.bert(torch.float32, 3)
+    if kind == "llama":  # a random init predicts nearly uniform tokens: sharpen it so the KL is not ~0
+        with torch.no_grad():
+            ref.lm_head.weight.mul_(20.0)
+    if kind == "bert":  # BertModel's default biases are zero: start from a non-trivial float model
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                if n.endswith("bias"):
+                    p.normal_(0.0, 0.05)
+    model = copy.deepcopy(ref)
+    quantize_model(model, bits=2, block=32, iters=2)
+    return ref, model
+
+
+def _kl_by_hand(model, ref, batches):
+    tot = 0.0
+    with torch.no_grad():
+        for ids in batches:
+            lq = model(input_ids=ids).logits.double()
+            lr = ref(input_ids=ids).logits.double()
+            p = lr.softmax(-1)
+            tot += float((p * (lr.log_softmax(-1) - lq.log_softmax(-1))).sum(-1).mean())
+    return tot / len(batches)
+
+
+def test_llama_kl_reduces_the_output_error_and_only_norms_move():
+    ref, model = _quantized("llama")
+    data = _batches()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
+    ref_state = {n: p.detach().clone() for n, p in ref.state_dict().items()}
+    kl0 = _kl_by_hand(model, ref, data)
+    rep = distill_floats(model, ref, data, steps=60, lr=1e-2)
+    kl1 = _kl_by_hand(model, ref, data)
+    assert rep["loss"] == "kl" and len(rep["losses"]) == 60
+    # the first recorded loss is the KL of the untouched model on that batch: within the batches' range
+    assert 0 < rep["losses"][0] < 10 * kl0
+    assert kl1 < 0.85 * kl0, (kl0, kl1)  # 0.71 measured; an untrained model stays at 1.0
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    norms = {n for n in before if "norm" in n}  # Llama: RMSNorm weights, no biases
+    assert moved and moved <= norms
+    assert all(torch.equal(b, bufs[n]) for n, b in model.named_buffers())  # codes and scales untouched
+    assert all(torch.equal(p, ref_state[n]) for n, p in ref.state_dict().items())
+    assert rep["parameters"] == sum(before[n].numel() for n in norms)
+    # requires_grad flags as on entry (quantize_model leaves the float parameters trainable)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bert_cosine_with_padding_and_biases(tmp_path):
+    ref, model = _quantized("bert")
+    data = _batches(mask=True)
+
+    def cos_loss(m):
+        from lrmath.torch.model import mean_pool
+        tot = 0.0
+        with torch.no_grad():
+            for item in data:
+                a = mean_pool(m(**item), item["attention_mask"])
+                b = mean_pool(ref(**item), item["attention_mask"])
+                tot += float((1 - F.cosine_similarity(a, b)).mean())
+        return tot
+
+    c0 = cos_loss(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():  # a frozen model: the flags must come back frozen
+        p.requires_grad_(False)
+    rep = distill_floats(model, ref, data, steps=80, lr=3e-3, params="bias")
+    assert rep["loss"] == "cosine"
+    assert cos_loss(model) < 0.8 * c0
+    assert not any(p.requires_grad for p in model.parameters())
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.endswith(".bias") for n in moved), moved  # LayerNorm weights stay
+    assert all(p.grad is None for p in model.parameters())
+    # the tuned biases live in the quantized checkpoint and come back on load
+    path = tmp_path / "q.safetensors"
+    save_quantized(model, path)
+    fresh = load_quantized(copy.deepcopy(ref), path)
+    assert any(isinstance(m, KashinLinear) for m in fresh.modules())
+    x = data[0]
+    torch.testing.assert_close(fresh(**x).last_hidden_state, model(**x).last_hidden_state)
+
+
+def test_identical_copy_is_a_fixed_point():
+    ref = torch_models.llama(torch.float64, 1)
+    model = copy.deepcopy(ref)
+    rep = distill_floats(model, ref, _batches(n=2), steps=3, lr=1e-2, loss="mse")
+    assert max(rep["losses"]) < 1e-20
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_nonfinite_loss_restores_and_raises():
+    ref, model = _quantized("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = _batches(n=2)
+
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *a, **k):
+            out = self.inner(*a, **k)
+            out.logits = out.logits * float("nan")
+            return out
+
+    with pytest.raises(NonFiniteError):
+        distill_floats(model, Broken(ref), data, steps=2)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("kw, err", [
+    ({"steps": 0}, OptionError), ({"lr": 0.0}, OptionError), ({"lr": float("nan")}, NonFiniteError),
+    ({"params": ("weights",)}, OptionError), ({"params": ()}, OptionError), ({"params": 3}, ArgumentTypeError),
+    ({"loss": "l1"}, OptionError), ({"seed": -1}, OptionError),
+])
+def test_option_errors(kw, err):
+    ref, model = _quantized("llama")
+    with pytest.raises(err):
+        distill_floats(model, ref, _batches(n=1), **kw)
+
+
+def test_input_errors():
+    ref, model = _quantized("llama")
+    with pytest.raises(OptionError):
+        distill_floats(model, ref, [], steps=1)
+    with pytest.raises(OptionError):
+        distill_floats(model, model, _batches(n=1), steps=1)
+    with pytest.raises(ArgumentTypeError):
+        distill_floats(model, "ref", _batches(n=1), steps=1)
+    with pytest.raises(OptionError):  # texts without a tokenizer
+        distill_floats(model, ref, ["some text"], steps=1)
+    bert_ref, bert_q = _quantized("bert")
+    with pytest.raises(OptionError):  # KL needs logits
+        distill_floats(bert_q, bert_ref, _batches(n=1), steps=1, loss="kl")
+    with pytest.raises(OptionError):  # no norms or biases at all
+        distill_floats(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3), [torch.ones(1, 3)], steps=1)
