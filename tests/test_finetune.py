@@ -156,3 +156,13 @@ def test_cli_finetune_json(tiny, monkeypatch, capsys):
                  "--limit-eval", "16"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "sparsegrad" and len(out["runs"]) == 1
+
+
+def test_cli_default_lr_is_the_rate_the_committed_table_chose():
+    from pathlib import Path
+
+    res = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "finetune_cpu.json"
+    rows = json.loads(res.read_text())["rows"]
+    assert {r["task"] for r in rows} == {"trec", "mr-polarity"}
+    for r in rows:
+        assert r["lr"] == METHODS[r["method"]].default_lr, r

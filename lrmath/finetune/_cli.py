@@ -12,7 +12,7 @@ def _args(parser):
 
     parser.add_argument("--task", choices=TASKS, default="mr-polarity")
     parser.add_argument("--method", choices=list(METHODS), default="sparsegrad")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the middle of the method's grid)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the largest of the method's grid, the rate chosen on validation for every method and task in benchmarks/results/finetune_cpu.md)")
     parser.add_argument("--grid", action="store_true", help="try the method's 3 rates on --seeds[0] and keep the best by validation accuracy")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="training seeds (default 0)")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps (default 150)")
@@ -44,7 +44,7 @@ def _run(args, ctx):
                  limit_train=args.limit_train, limit_eval=args.limit_eval)
     task = load_task(args.task)
     base = load_encoder()
-    lrs = list(METHODS[args.method].lrs) if args.grid else [args.lr if args.lr is not None else METHODS[args.method].lrs[1]]
+    lrs = list(METHODS[args.method].lrs) if args.grid else [args.lr if args.lr is not None else METHODS[args.method].default_lr]
     runs = []
     first = args.seeds[0] if args.seeds else 0
     for lr in lrs:

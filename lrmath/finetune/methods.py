@@ -52,6 +52,13 @@ class MethodSpec:
     lrs: tuple[float, float, float]
     options: dict = field(default_factory=dict)
 
+    @property
+    def default_lr(self) -> float:
+        """The rate ``lrmath finetune`` uses without ``--lr``: the grid's largest, which the
+        committed table chose by validation accuracy for every method on both tasks at 150 steps
+        (``benchmarks/results/finetune_cpu.md``)."""
+        return self.lrs[-1]
+
 
 _FULL_LRS = (2e-5, 5e-5, 1e-4)
 _ADAPTER_LRS = (5e-4, 1e-3, 2e-3)
