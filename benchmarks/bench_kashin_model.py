@@ -397,6 +397,10 @@ def _write(cache, args, write_results):
              "same text (its fp32 perplexity equals the fp row here). quantize_s is wall time on a 2-core machine shared "
              "by several jobs (load average 4-6 during these runs: every process got under half a core), so it "
              "overstates the cost 2-3 times. gptq-* rows are the calibrated peer (GPTQ on the RTN grid with fp16 scale "
-             "and zero per group, `rtn_quantize(W, bits, group, calibration=H)`, block-sequential like Kashin).")
+             "and zero per group, `rtn_quantize(W, bits, group, calibration=H)`, block-sequential like Kashin). "
+             "*+distill rows: the base row's codes, then the RMSNorm weights (float in every method: no extra bits) "
+             f"tuned by `lrmath.torch.kashin.distill_floats` (token-level KL to the fp model, {args.distill_steps} AdamW "
+             f"steps, lr {args.distill_lr}, {args.distill_seq}-token windows of the calibration half); their "
+             "train_seconds / loss columns are the distillation's (KL).")
     write_results("kashin_model", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}
