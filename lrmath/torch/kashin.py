@@ -10,8 +10,9 @@ FORMAT.md version 2 entries work the same way: the rows layout (row-aligned colu
 operator and table per block) transforms the input blockwise, and stored low-rank compensation
 factors add ``(x A^T) B^T`` (never ``B A``). ``quantize_model(..., calibration=batches)`` codes every
 layer against its own inputs (GPTQ-style, block by block, each block seeing the quantized blocks
-before it; :func:`calibrated_quantize_model`). LoRA over a frozen ``KashinLinear`` lives in
-:mod:`lrmath.torch.kashin_lora`.
+before it; :func:`calibrated_quantize_model`). :func:`distill_floats` then tunes the float biases
+and norm weights (unquantized, so free in bits per weight) towards the float model's outputs. LoRA
+over a frozen ``KashinLinear`` lives in :mod:`lrmath.torch.kashin_lora`.
 """
 
 from __future__ import annotations
