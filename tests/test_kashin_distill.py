@@ -64,7 +64,10 @@ def test_llama_kl_reduces_the_output_error_and_only_norms_move():
     bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
     ref_state = {n: p.detach().clone() for n, p in ref.state_dict().items()}
     kl0 = _kl_by_hand(model, ref, data)
+    emb = model.model.embed_tokens.weight
+    emb.grad = torch.ones_like(emb)  # a gradient the user accumulated: not ours to clear
     rep = distill_floats(model, ref, data, steps=60, lr=1e-2)
+    assert emb.grad is not None and torch.equal(emb.grad, torch.ones_like(emb))
     kl1 = _kl_by_hand(model, ref, data)
     assert rep["loss"] == "kl" and len(rep["losses"]) == 60
     # the first recorded loss is the KL of the untouched model on that batch: within the batches' range
@@ -161,6 +164,9 @@ def test_input_errors():
         distill_floats(model, ref, [], steps=1)
     with pytest.raises(OptionError):
         distill_floats(model, model, _batches(n=1), steps=1)
+    shallow = copy.copy(ref)  # the same parameter tensors: tuning would change the reference
+    with pytest.raises(OptionError, match="share"):
+        distill_floats(ref, shallow, _batches(n=1), steps=1)
     with pytest.raises(ArgumentTypeError):
         distill_floats(model, "ref", _batches(n=1), steps=1)
     with pytest.raises(OptionError):  # texts without a tokenizer

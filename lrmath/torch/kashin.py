@@ -705,6 +705,10 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
     chosen = _distill_params(model, which)
     if not chosen:
         raise OptionError(f"the model has no {'/'.join(sorted(which))} parameters to tune")
+    shared = {id(p) for p in reference.parameters()} & {id(p) for _, p in chosen}
+    if shared:
+        raise OptionError(f"model and reference share {len(shared)} of the tuned parameters: pass a deep copy "
+                          "of the float model as reference")
 
     flags = {id(p): p.requires_grad for p in model.parameters()}
     saved = [p.detach().clone() for _, p in chosen]
@@ -747,6 +751,7 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
     finally:
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), p.requires_grad))
+        for _, p in chosen:  # the only gradients this call made
             p.grad = None
         model.train(was_training[0])
         reference.train(was_training[1])
