@@ -305,23 +305,18 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             ppl, ntok = _ppl(base, ev_ids, max_tokens=args.max_tokens)
             row = {"bpw": 16.0, "quantize_s": 0.0}
-        elif method == "distill":
+        elif method in ("distill", "lora"):
             src = opts["base"]
-            srow = next(r for r in ROWS if r[0] == src)
-            model = copy.deepcopy(base)
-            bpw, secs, extra = _quantize(model, srow[1], srow[2], srow[3], cal)
-            info = _distill(model, base, cal_ids, args, steps=opts.get("steps"))
-            ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
-            row = {"bpw": bpw, "quantize_s": secs, **info}
-        elif method == "lora":
-            src = opts["base"]
-            srow = next(r for r in ROWS if r[0] == src)
             if src in stash:  # quantized earlier in this process: reuse
                 model, bpw, secs, extra = stash.pop(src)
             else:
+                srow = next(r for r in ROWS if r[0] == src)
                 model = copy.deepcopy(base)
                 bpw, secs, extra = _quantize(model, srow[1], srow[2], srow[3], cal)
-            info = _lora_finetune(model, extra["_kashin"], cal_ids, args)
+            if method == "distill":
+                info = _distill(model, base, cal_ids, args, steps=opts.get("steps"))
+            else:
+                info = _lora_finetune(model, extra["_kashin"], cal_ids, args)
             ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
             row = {"bpw": bpw, "quantize_s": secs, **info}
         else:

@@ -78,10 +78,7 @@ def run(args) -> dict:
     for a, b, _ in train:
         sents += [a, b]
     sents = sents[: args.cal_sentences]
-    cal = []
-    for i in range(0, len(sents), 32):
-        enc = tok(sents[i:i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        cal.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    cal = _padded_batches(tok, sents, 32)
     nopad = []
     by_len: dict = {}
     for snt in [x for a, b, _ in train for x in (a, b)][:512]:
@@ -135,20 +132,23 @@ def run(args) -> dict:
     return _write(cdir, args, write_results, len(test))
 
 
+def _padded_batches(tok, sents, batch):
+    """Sentences -> model inputs of ``batch`` sentences each, padded, with their attention masks."""
+    out = []
+    for i in range(0, len(sents), batch):
+        enc = tok(sents[i:i + batch], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out
+
+
 def _distill(model, base, tok, train, dev, cfg, sts_spearman):
     """Tune biases and LayerNorms of the quantized ``model`` towards ``base`` (fp32); dev Spearman before/after."""
-    import numpy as np
-
     from lrmath.torch.kashin import distill_floats
 
     before = sts_spearman(model, tok, dev)
     sents = list(dict.fromkeys(x for a, b, _ in train for x in (a, b)))
     np.random.default_rng(cfg["seed"]).shuffle(sents)
-    sents = sents[: cfg["sentences"]]
-    batches = []
-    for i in range(0, len(sents), cfg["batch"]):
-        enc = tok(sents[i:i + cfg["batch"]], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    batches = _padded_batches(tok, sents[: cfg["sentences"]], cfg["batch"])
     t0 = time.perf_counter()
     rep = distill_floats(model, base, batches, steps=cfg["steps"], lr=cfg["lr"], loss="cosine", seed=cfg["seed"],
                          progress=True)
