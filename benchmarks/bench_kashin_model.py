@@ -13,6 +13,10 @@ low-rank factors). For speed the perplexity of a quantized model is computed wit
 *dequantized* weight in a plain ``nn.Linear`` (the same function as ``KashinLinear``'s forward, which
 never builds the dense weight; the tests check they agree). The LoRA row trains adapters over frozen
 ``KashinLinear`` layers (the real quantized base) and reports the adapters separately, as QLoRA does.
+The ``*+distill*`` rows keep the base row's codes and tune floats that are stored anyway (the RMSNorm
+weights; with ``"params": ["norm", "scales"]`` also the Kashin block scales, on the real
+``KashinLinear`` layers) by token-level KL to the fp model (``lrmath.torch.distill_floats``; the
+same recipe as ``lrmath eval ppl --calibration lee-news --distill-steps 150``).
 
 Rows are cached one file each in ``<out>/kashin_model_cpu.rows/<id>.json`` (resumable: a rerun
 skips finished rows; ``--fresh`` starts over), so several workers may run disjoint ``--rows``
@@ -66,6 +70,20 @@ ROWS = [
     ("gptq-g192-3+distill", "distill", 3, {"base": "gptq-g192-3"}),
     # two passes over the windows instead of one: the 4-bit KL was still falling at 150 steps
     ("kashin-cal-4+distill-300", "distill", 4, {"base": "kashin-cal-4", "steps": 300}),
+    # 4 bits: the 1+3 split (lower weight error data-free, `kashin_bits`), and 4x the calibration text
+    ("kashin-cal-4-s13", "kashin-cal", 4, {"iters": 4, "split": [1, 3]}),
+    ("kashin-cal-4-c32", "kashin-cal", 4, {"iters": 4, "cal_windows": 32}),
+    # the per-block float16 scales of the Kashin codes distilled together with the RMSNorm weights
+    # (distill_floats(params=("norm", "scales")): the same stored bytes, so the same bpw)
+    ("kashin-cal-4+distill-scales", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"]}),
+    ("kashin-cal-4+distill-scales-300", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"], "steps": 300}),
+    ("kashin-cal-4+distill-scales-lr1e-3", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"], "lr": 1e-3}),
+    # windows as long as the evaluation's (512 tokens): positions 256..511 are never trained on with 256
+    ("kashin-cal-4+distill-scales-s512", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"], "lr": 1e-3,
+                                                         "seq": 512}),
+    # 10 alternating sweeps per block fit (the data-free default) instead of 4
+    ("kashin-cal-4-i10", "kashin-cal", 4, {"iters": 10}),
+    ("kashin-cal-4-i10+distill-scales", "distill", 4, {"base": "kashin-cal-4-i10", "params": ["norm", "scales"], "lr": 1e-3}),
 ]
 
 
@@ -154,6 +172,7 @@ def _quantize(model, method, bits, opts, cal):
     tot_bits, tot_w = 0.0, 0
     extra = {}
     if method == "kashin-cal":
+        from lrmath.eval.quant import _densify
         from lrmath.torch.kashin import KashinLinear, quantize_model
 
         names = [n for n, _ in _targets(model)]
@@ -165,15 +184,8 @@ def _quantize(model, method, bits, opts, cal):
             assert isinstance(kl, KashinLinear)
             tot_bits += kl.bits_per_weight * kl.in_features * kl.out_features
             tot_w += kl.in_features * kl.out_features
-            lin = torch.nn.Linear(kl.in_features, kl.out_features, bias=kl.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(kl.dequantize())
-                if kl.bias is not None:
-                    lin.bias.copy_(kl.bias)
             extra.setdefault("_kashin", {})[n] = kl
-            from lrmath.torch.kashin import _set_module
-
-            _set_module(model, n, lin)
+        _densify(model, names)  # dense reconstructions evaluate at dense speed; the layers are kept in extra
         return tot_bits / tot_w, secs, extra
     if method == "gptq":
         from lrmath.torch.kashin import calibrated_quantize_model
@@ -250,18 +262,33 @@ def _lora_finetune(model, kashin_layers, train_ids, args):
             "loss_first10": float(np.mean(losses[:10])), "loss_last10": float(np.mean(losses[-10:]))}
 
 
-def _distill(model, base, cal_ids, args, steps=None):
-    """Tune the quantized model's RMSNorm weights towards ``base`` (token-level KL), windows of the calibration half."""
-    import torch
-    from lrmath.torch.kashin import distill_floats
+def _distill(model, base, cal_ids, args, steps=None, params=None, kashin=None, lr=None, seq=None):
+    """Tune the quantized model's floats towards ``base`` (token-level KL), windows of the calibration half.
 
-    seq = args.distill_seq
+    ``params`` defaults to the RMSNorm weights; with ``"scales"`` the KashinLinear layers (``kashin``,
+    kept aside by ``_quantize``) go back into the model for the distillation, so that their float16
+    block scales are tuned too, and come out again as dense dequantized linears for the evaluation.
+    """
+    import torch
+    from lrmath.eval.quant import _densify
+    from lrmath.torch.kashin import _set_module, distill_floats
+
+    params = tuple(params or ("norm",))
+    seq = seq or args.distill_seq
     ids = torch.as_tensor(np.asarray(cal_ids))
     batches = [{"input_ids": ids[i:i + seq][None], "use_cache": False} for i in range(0, len(ids) - seq + 1, seq)]
     t0 = time.perf_counter()
     steps = steps or args.distill_steps
-    rep = distill_floats(model, base, batches, steps=steps, lr=args.distill_lr, loss="kl", seed=0, progress=True)
-    return {"distill_steps": steps, "distill_seq": seq, "distill_lr": args.distill_lr,
+    if "scales" in params:
+        if not kashin:
+            raise SystemExit("params 'scales' needs a kashin-cal base row")
+        for n, kl in kashin.items():
+            _set_module(model, n, kl)
+    lr = lr or args.distill_lr
+    rep = distill_floats(model, base, batches, steps=steps, lr=lr, loss="kl", seed=0, progress=True, params=params)
+    if "scales" in params:
+        _densify(model, list(kashin))
+    return {"distill_steps": steps, "distill_seq": seq, "distill_lr": lr,
             "distill_windows": len(batches), "distill_params": rep["parameters"],
             "train_seconds": time.perf_counter() - t0, "loss_first10": float(np.mean(rep["losses"][:10])),
             "loss_last10": float(np.mean(rep["losses"][-10:]))}
@@ -294,7 +321,15 @@ def run(args) -> dict:
     base, tok = _load_model()
     ev_ids = tok("\n\n".join(eval_text))["input_ids"]
     cal_ids = tok("\n\n".join(cal_text))["input_ids"]
-    cal = [torch.as_tensor(cal_ids[i * 512:(i + 1) * 512])[None] for i in range(args.cal_windows)]
+
+    def cal_for(opts):  # a row may calibrate on more windows than --cal-windows (option "cal_windows")
+        n = int(opts.get("cal_windows", args.cal_windows))
+        if n * 512 > len(cal_ids):
+            raise SystemExit(f"cal_windows {n}: the calibration half has only {len(cal_ids) // 512} windows")
+        return [torch.as_tensor(cal_ids[i * 512:(i + 1) * 512])[None] for i in range(n)]
+
+    def qopts(opts):
+        return {k: v for k, v in opts.items() if k != "cal_windows"}
     want = [r for r in ROWS if args.rows is None or r[0] in args.rows]
     stash = {}
     for rid, method, bits, opts in want:
@@ -312,16 +347,17 @@ def run(args) -> dict:
             else:
                 srow = next(r for r in ROWS if r[0] == src)
                 model = copy.deepcopy(base)
-                bpw, secs, extra = _quantize(model, srow[1], srow[2], srow[3], cal)
+                bpw, secs, extra = _quantize(model, srow[1], srow[2], qopts(srow[3]), cal_for(srow[3]))
             if method == "distill":
-                info = _distill(model, base, cal_ids, args, steps=opts.get("steps"))
+                info = _distill(model, base, cal_ids, args, steps=opts.get("steps"), params=opts.get("params"),
+                                kashin=extra.get("_kashin"), lr=opts.get("lr"), seq=opts.get("seq"))
             else:
                 info = _lora_finetune(model, extra["_kashin"], cal_ids, args)
             ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
             row = {"bpw": bpw, "quantize_s": secs, **info}
         else:
             model = copy.deepcopy(base)
-            bpw, secs, extra = _quantize(model, method, bits, opts, cal)
+            bpw, secs, extra = _quantize(model, method, bits, qopts(opts), cal_for(opts))
             ppl, ntok = _ppl(model, ev_ids, max_tokens=args.max_tokens)
             row = {"bpw": bpw, "quantize_s": secs}
             if any(r[3].get("base") == rid for r in want):
@@ -397,7 +433,10 @@ def _write(cache, args, write_results):
              "and zero per group, `rtn_quantize(W, bits, group, calibration=H)`, block-sequential like Kashin). "
              "*+distill rows: the base row's codes, then the RMSNorm weights (float in every method: no extra bits) "
              f"tuned by `lrmath.torch.kashin.distill_floats` (token-level KL to the fp model, {args.distill_steps} AdamW "
-             f"steps, lr {args.distill_lr}, {args.distill_seq}-token windows of the calibration half); their "
-             "train_seconds / loss columns are the distillation's (KL).")
+             f"steps, lr {args.distill_lr}, {args.distill_seq}-token windows of the calibration half; a row's options "
+             "may change steps / lr); their train_seconds / loss columns are the distillation's (KL). "
+             "*+distill-scales rows tune the Kashin per-block float16 scales too (params norm + scales: stored "
+             "anyway, so the same bpw). kashin-cal-4-s13 codes with the 1+3 split; kashin-cal-4-c32 calibrates on 32 "
+             "windows instead of 8.")
     write_results("kashin_model", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}

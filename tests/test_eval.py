@@ -200,3 +200,87 @@ def test_cli_eval_has_no_model_without_linears_path(capsys):
 
     assert main(["eval", "sts", "--model", "no-such-model"]) == 2
     assert "neither 'minilm' nor a BERT model folder" in capsys.readouterr().err
+
+
+def _kl_to(ref, model, wins):
+    tot = 0.0
+    with torch.no_grad():
+        for w in wins:
+            lr_ = ref(input_ids=w[None]).logits.double().log_softmax(-1)
+            lq = model(input_ids=w[None]).logits.double().log_softmax(-1)
+            tot += float((lr_.exp() * (lr_ - lq)).sum(-1).mean())
+    return tot / len(wins)
+
+
+def test_calibrated_kashin_report_and_distillation():
+    """bpw, weight errors and the dense reconstructions checked against the packed layers; the
+    distilled norms + scales lower the KL to the float model (same codes)."""
+    import copy
+
+    from lrmath.torch.kashin import KashinLinear
+
+    fp = _tiny_llama(seed=1)
+    with torch.no_grad():  # a random init predicts nearly uniform tokens: sharpen it so the KL is not ~0
+        fp.lm_head.weight.mul_(20.0)
+    g = np.random.default_rng(0)
+    ids = g.integers(0, 61, 200)
+    wins = [torch.as_tensor(ids[i:i + 16]) for i in range(0, 192, 16)]
+    packed = copy.deepcopy(fp)
+    rep = ev.calibrated_kashin(packed, 3, ids, windows=4, window=16, packed=True, progress_bar=False)
+    layers = {n: m for n, m in packed.named_modules() if isinstance(m, KashinLinear)}
+    assert sorted(layers) == sorted(n for n, _ in ev.block_linears(fp)) and rep.layers == 14
+    nbytes = sum(sum(getattr(m, t).numel() * getattr(m, t).element_size()
+                     for t in ("codes_u", "codes_v", "scale_u", "scale_v", "table_u", "table_v"))
+                 for m in layers.values())
+    assert rep.bytes == nbytes and math.isclose(rep.bits_per_weight, 8 * nbytes / rep.weights)
+    orig = dict(fp.named_modules())
+    errs = [float(torch.linalg.norm(orig[n].weight.detach() - m.dequantize()) / torch.linalg.norm(orig[n].weight.detach()))
+            for n, m in layers.items()]
+    assert math.isclose(rep.weight_error, float(np.mean(errs)), rel_tol=1e-5)
+    assert rep.calibration["windows"] == 4 and rep.calibration["tokens"] == 64 and rep.label == "Kashin calibrated"
+    dense = copy.deepcopy(fp)
+    rep_d = ev.calibrated_kashin(dense, 3, ids, windows=4, window=16, progress_bar=False)
+    assert not any(isinstance(m, KashinLinear) for m in dense.modules())
+    x = torch.as_tensor(ids[:32])[None]
+    torch.testing.assert_close(dense(input_ids=x).logits, packed(input_ids=x).logits, rtol=1e-4, atol=1e-4)
+    assert rep_d.bits_per_weight == rep.bits_per_weight
+    tuned = copy.deepcopy(fp)
+    rep_t = ev.calibrated_kashin(tuned, 3, ids, windows=4, window=16, distill_steps=40, distill_lr=3e-3,
+                                 distill_window=16, progress_bar=False)
+    assert rep_t.label == "Kashin calibrated + distilled norm/scales"
+    assert rep_t.calibration["distill_windows"] == 12 and rep_t.bits_per_weight == rep.bits_per_weight
+    k0, k1 = _kl_to(fp, dense, wins), _kl_to(fp, tuned, wins)
+    assert k1 < 0.9 * k0, (k0, k1)  # 0.55 measured
+    with pytest.raises(ShapeError, match="fewer than one window"):
+        ev.calibrated_kashin(copy.deepcopy(fp), 3, ids[:10], window=16)
+    with pytest.raises(ValueError, match="distill_params"):
+        ev.calibrated_kashin(copy.deepcopy(fp), 3, ids, window=16, distill_steps=1, distill_params=("weights",))
+
+
+def test_cli_ppl_calibrated_kashin(tmp_path, capsys):
+    from lrmath import data
+    from lrmath.cli import main
+
+    model = _tiny_llama(vocab=30522)
+    model.save_pretrained(str(tmp_path / "m"))
+    transformers.AutoTokenizer.from_pretrained(str(data.model_dir()), local_files_only=True).save_pretrained(
+        str(tmp_path / "m"))
+    (tmp_path / "eval.txt").write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 20))
+    (tmp_path / "cal.txt").write_text(" ".join(["a slow red hen walks under the busy bridge"] * 20))
+    base = ["--json", "eval", "ppl", "--model", str(tmp_path / "m"), "--window", "32", "--text", str(tmp_path / "eval.txt")]
+    assert main(base + ["--quantizer", "kashin", "--bits", "3", "--calibration", str(tmp_path / "cal.txt"),
+                        "--cal-windows", "2", "--distill-steps", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out["rows"][-1]
+    assert row["method"] == "Kashin calibrated + distilled norm/scales" and row["bits"] == 3 and row["bpw"] > 3
+    assert out["quantization"]["calibration"]["windows"] == 2 and out["quantization"]["layers"] == 14
+    for extra, msg in ((["--quantizer", "rtn", "--calibration", str(tmp_path / "cal.txt")], "needs --quantizer kashin"),
+                       (["--quantizer", "kashin", "--distill-steps", "3"], "need --calibration"),
+                       (["--quantizer", "kashin", "--calibration", str(tmp_path / "none.txt")], "neither 'lee-news' nor a file")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+    assert main(base + ["--quantizer", "kashin", "--calibration", str(tmp_path / "cal.txt"), "--distill-steps", "2",
+                        "--distill-params", "weights"]) != 0
+    err = capsys.readouterr().err
+    assert "distill_params" in err and "Traceback" not in err

@@ -14,7 +14,7 @@ import struct
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lrmath import ops, rng
@@ -251,6 +251,7 @@ def test_bits_per_weight_from_bytes_written(tmp_path):
 
 
 @given(out=st.integers(1, 12), inn=st.integers(1, 40), bits=st.integers(2, 8), seed=st.integers(0, 1000))
+@example(out=1, inn=3, bits=8, seed=292)  # a refitted table ascending in float64 but with a tie in float32
 def test_save_load_bit_exact(tmp_path_factory, out, inn, bits, seed):
     W = np.random.default_rng(seed).standard_normal((out, inn)).astype(np.float32)
     q = quantize(W, bits, block=16, iters=1, seed=seed)

@@ -30,6 +30,18 @@ def _args(parser):
     p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--stride", type=int, default=None, help="window start-to-start distance (default: window)")
     _common(p)
+    c = p.add_argument_group("calibrated Kashin (--quantizer kashin)")
+    c.add_argument("--calibration", default=None,
+                   help="calibrate on lee-news (its calibration half, articles 0-149) or a UTF-8 text file: GPTQ-style "
+                        "Kashin, layer by layer (lrmath.eval.calibrated_kashin)")
+    c.add_argument("--cal-windows", type=int, default=8, help="calibration windows of --window tokens (default 8)")
+    c.add_argument("--rank-bpw", type=float, default=None,
+                   help="LQER low-rank compensation within this many bits per weight (8-bit factors)")
+    c.add_argument("--distill-steps", type=int, default=0,
+                   help="then distill the norms and block scales to the fp model on the calibration text (default 0)")
+    c.add_argument("--distill-lr", type=float, default=1e-3, help="distillation AdamW learning rate (default 1e-3)")
+    c.add_argument("--distill-params", default="norm,scales",
+                   help="comma-separated subset of bias,norm,scales (default norm,scales)")
     s = sub.add_parser("sts", help="STS-B Spearman x100 of a sentence encoder (mean pooling, cosine)")
     s.add_argument("--model", default="minilm", help="minilm (all-MiniLM-L6-v2, package data) or a BERT model folder")
     s.add_argument("--split", choices=("test", "dev", "train"), default="test", help="STS-B split (default test)")
@@ -68,6 +80,15 @@ def _row(args, rep, metric_name, metric, count_name, count, seconds):
 def _run(args, ctx):
     if not 2 <= args.bits <= 8:
         return _usage(f"--bits must be 2..8, got {args.bits}")
+    if getattr(args, "calibration", None) is not None:
+        if args.quantizer != "kashin":
+            return _usage("--calibration needs --quantizer kashin")
+        if args.cal_windows < 1 or args.distill_steps < 0:
+            return _usage("--cal-windows must be >= 1 and --distill-steps >= 0")
+        if args.rank_bpw is not None and not args.rank_bpw > 0:
+            return _usage(f"--rank-bpw must be > 0, got {args.rank_bpw}")
+    elif getattr(args, "distill_steps", 0) or getattr(args, "rank_bpw", None) is not None:
+        return _usage("--distill-steps and --rank-bpw need --calibration")
     if args.eval_command == "ppl":
         return _ppl(args, ctx)
     return _sts(args, ctx)
@@ -98,7 +119,21 @@ def _ppl(args, ctx):
 
         raise ShapeError(f"the text has {ids.size} tokens, fewer than one window of {args.window}; "
                          f"give more text or a smaller --window")
-    rep = _quantize(model, args)
+    if args.calibration is not None:
+        if args.calibration == "lee-news":
+            cal = data.lee_news("calibration")
+        elif Path(args.calibration).is_file():
+            cal = Path(args.calibration).read_text(encoding="utf-8")
+        else:
+            return _usage(f"--calibration {args.calibration!r} is neither 'lee-news' nor a file")
+        from .quant import calibrated_kashin
+
+        rep = calibrated_kashin(model, args.bits, cal, tokenizer=tok, windows=args.cal_windows, window=args.window,
+                                rank_bpw=args.rank_bpw, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
+                                distill_params=[t.strip() for t in args.distill_params.split(",") if t.strip()],
+                                progress_bar=None)
+    else:
+        rep = _quantize(model, args)
     t0 = time.perf_counter()
     res = perplexity(model, ids, window=args.window, stride=args.stride, max_tokens=args.max_tokens)
     row = _row(args, rep, "ppl", res.ppl, "tokens", res.tokens, time.perf_counter() - t0)

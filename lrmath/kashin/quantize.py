@@ -122,7 +122,11 @@ def _strictly_ascending(c: np.ndarray) -> np.ndarray:
     for i in range(1, c.size):  # duplicates (degenerate data) are pulled apart by a hair
         if c[i] <= c[i - 1]:
             c[i] = c[i - 1] + 1e-6 * span
-    return c.astype(np.float32)
+    out = c.astype(np.float32)
+    for i in range(1, out.size):  # the hair may vanish in float32 (what is stored): one ulp at least
+        if out[i] <= out[i - 1]:
+            out[i] = np.nextafter(out[i - 1], np.float32(np.inf))
+    return out
 
 
 def _table(bits: int, z: np.ndarray) -> np.ndarray:
@@ -196,10 +200,10 @@ def _refit_table(target, scale, codes, table):
     idx = codes.reshape(-1).astype(np.intp)
     num = np.bincount(idx, weights=s * target.reshape(-1), minlength=k)
     den = np.bincount(idx, weights=s * s, minlength=k)
-    new = np.where(den > 0, num / np.where(den > 0, den, 1), table)
-    if np.any(np.diff(new) <= 0):  # keep the table ascending (the codes refer to positions)
+    new = np.where(den > 0, num / np.where(den > 0, den, 1), table).astype(np.float32)
+    if np.any(np.diff(new) <= 0):  # keep the stored float32 table ascending (the codes refer to positions)
         return table
-    return new.astype(np.float32)
+    return new
 
 
 def _encode_blocks(x, op, bu, bv, method, iters):

@@ -11,7 +11,8 @@ operator and table per block) transforms the input blockwise, and stored low-ran
 factors add ``(x A^T) B^T`` (never ``B A``). ``quantize_model(..., calibration=batches)`` codes every
 layer against its own inputs (GPTQ-style, block by block, each block seeing the quantized blocks
 before it; :func:`calibrated_quantize_model`). :func:`distill_floats` then tunes the float biases
-and norm weights (unquantized, so free in bits per weight) towards the float model's outputs. LoRA
+and norm weights, and the stored float16 block scales (all kept anyway, so free in bits per
+weight) towards the float model's outputs. LoRA
 over a frozen ``KashinLinear`` lives in :mod:`lrmath.torch.kashin_lora`.
 """
 
@@ -34,7 +35,7 @@ from ..backend import check_choice, public
 from ._inputs import layer_forward
 
 __all__ = ["KashinLinear", "quantize_model", "calibrated_quantize_model", "load_quantized", "save_quantized",
-           "distill_floats", "DEFAULT_EXCLUDE", "DISTILL_LOSSES"]
+           "distill_floats", "DEFAULT_EXCLUDE", "DISTILL_LOSSES", "DISTILL_PARAMS"]
 
 DEFAULT_EXCLUDE = ("*embed*", "*head*", "*classifier*", "*pooler*")
 
@@ -253,8 +254,75 @@ class KashinLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
-        y = _QuantizedMatmul.apply(x, self)
+        y = _QuantizedMatmul.apply(x, self) if self._tuning is None else self._tuned_linear(x)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    # ---------------------------------------------------------------- scale tuning (distill_floats)
+    _tuning = None  # (U_hat, V_hat) while the block scales are being tuned, else None
+    _SCALES = ("scale_u", "scale_v")
+    _GAINS = ("gain_u", "gain_v")
+
+    def _parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two decoded terms ``(U_hat, V_hat)`` of ``W_hat = U_hat + V_hat`` (``U_hat`` =
+        scaled ``u`` codes, ``V_hat`` = scaled ``v`` codes through ``Q``), each block carrying one
+        scale. Shapes: ``(out, in)`` in the rows layout, ``(blocks, N)`` in the flat layout (before
+        the padding is cut). A gain ``g`` on a block's scale multiplies that block of the term: the
+        scale is a scalar per block and ``Q`` acts inside a block, so the two commute."""
+        out, inn = self.out_features, self.in_features
+        f32 = torch.float32
+        if self.layout == "rows":
+            return self._uv_rows_cols("u", 0, out, f32), self._xform(self._uv_rows_cols("v", 0, out, f32), f32,
+                                                                     transpose=False)
+        nb = self.scale_u.numel()
+        return self._decode("u", 0, nb, f32), self._decode("v", 0, nb, f32) @ self.Qm.to(f32).T
+
+    def _scaled_weight(self) -> torch.Tensor:
+        """Dense ``W_hat`` (out, in), differentiable in the per-block gains (while tuning)."""
+        U, V = self._tuning
+        out, inn = self.out_features, self.in_features
+        gu, gv = self.gain_u, self.gain_v
+        if self.layout == "rows":
+            k = len(self.blocks)
+            return gu.reshape(out, k)[:, self.colidx] * U + gv.reshape(out, k)[:, self.colidx] * V
+        w = gu[:, None] * U + gv[:, None] * V
+        return w.reshape(-1)[: out * inn].reshape(out, inn)
+
+    def _tuned_linear(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        x2 = x.reshape(-1, self.in_features).to(dt)
+        y = x2 @ self._scaled_weight().to(dt).T
+        lr = self.lowrank_factors(dt)
+        if lr is not None:
+            y = y + (x2 @ lr[1].T) @ lr[0].T
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _start_scale_tuning(self) -> list[tuple[str, nn.Parameter]]:
+        """Make the block scales trainable, as float32 gains ``gain_u, gain_v`` (one per stored
+        scale, starting at 1): a relative parametrisation, so one learning rate suits scales of any
+        magnitude and the float norm weights tuned beside them. ``forward`` then builds ``W_hat``
+        densely from cached decoded terms; :meth:`_stop_scale_tuning` folds the gains into the
+        stored float16 scales."""
+        if self._tuning is None:
+            with torch.no_grad():
+                self._tuning = self._parts()
+            for t, g in zip(self._SCALES, self._GAINS):
+                setattr(self, g, nn.Parameter(torch.ones(getattr(self, t).shape, dtype=torch.float32)))
+        return [(g, getattr(self, g)) for g in self._GAINS]
+
+    def _scales_fit_float16(self) -> bool:
+        return all(bool(torch.all((getattr(self, t).float() * getattr(self, g).detach()).abs() <= 65504.0))
+                   for t, g in zip(self._SCALES, self._GAINS))
+
+    def _stop_scale_tuning(self) -> None:
+        """Fold the gains into the scales, rounded to float16 (the stored format), and drop them."""
+        if self._tuning is None:
+            return
+        with torch.no_grad():
+            for t, g in zip(self._SCALES, self._GAINS):
+                gain = self._parameters.pop(g).detach()
+                s = getattr(self, t)
+                s.copy_((s.float() * gain).to(s.dtype))
+        self._tuning = None
 
     def drop_lowrank(self) -> None:
         """Remove the stored compensation factors (e.g. after moving them into a LoRA adapter)."""
@@ -569,6 +637,7 @@ def load_quantized(model: nn.Module, path, *, strict: bool = True) -> nn.Module:
 # Float-parameter distillation (bias correction / norm tweaking after quantization)
 
 DISTILL_LOSSES = ("auto", "kl", "cosine", "mse")
+DISTILL_PARAMS = ("bias", "norm", "scales")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -652,10 +721,17 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
         windows of ``window`` tokens). Steps cycle through the batches, in a seeded order per pass.
     steps : int
         AdamW steps (one batch each). lr : float, AdamW learning rate (no weight decay).
-    params : iterable of {"bias", "norm"}
-        Which floats to train: every parameter named ``bias`` (of any module), and the parameters
+    params : iterable of {"bias", "norm", "scales"}
+        Which floats to train: every parameter named ``bias`` (of any module), the parameters
         of normalisation modules (``nn.LayerNorm``, ``nn.GroupNorm``, classes named ``*Norm`` such
-        as transformers' ``LlamaRMSNorm``).
+        as transformers' ``LlamaRMSNorm``), and ``"scales"``: the per-block float16 scales
+        ``alpha, beta`` of every :class:`KashinLinear` (the codes and tables stay fixed). Each
+        scale is trained as a float32 gain (starting at 1, so ``lr`` is a relative step as for
+        the norm weights) on a dense ``W_hat = G_u * U_hat + G_v * V_hat`` built from the cached
+        decoded terms (a dense matmul per layer and step, two float32 ``(out, in)`` tensors of
+        memory per layer); at the end the scales become ``float16(scale * gain)``, stored as
+        before, so the bits per weight do not change. Tuning a quantizer's scales end to end is
+        PEQA's idea (Kim et al. 2023); here with the distillation loss instead of the task loss.
     loss : {"auto", "kl", "cosine", "mse"}
         ``"kl"``: token-level KL(reference || model) of ``.logits`` over real tokens (language
         models); ``"cosine"``: 1 - cosine of the mean-pooled last hidden states (sentence encoders);
@@ -674,8 +750,8 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
     Raises
     ------
     NonFiniteError
-        A step's loss is NaN or Inf; the selected parameters are then restored to their values on
-        entry.
+        A step's loss is NaN or Inf, or a tuned scale left the float16 range; the selected
+        parameters are then restored to their values on entry.
     """
     from .._progress import progress as _bar
     from ..backend import check_float, check_int
@@ -693,9 +769,9 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
     try:
         which = set(params)
     except TypeError:
-        raise ArgumentTypeError(f"params must be an iterable of 'bias'/'norm', got {params!r}") from None
-    if not which or not which <= {"bias", "norm"}:
-        raise OptionError(f"params must be a non-empty subset of ('bias', 'norm'), got {params!r}")
+        raise ArgumentTypeError(f"params must be an iterable of 'bias'/'norm'/'scales', got {params!r}") from None
+    if not which or not which <= set(DISTILL_PARAMS):
+        raise OptionError(f"params must be a non-empty subset of {DISTILL_PARAMS}, got {params!r}")
     loss = check_choice(loss, "loss", DISTILL_LOSSES)
     batches = list(calibration) if calibration is not None else []
     if batches and all(isinstance(c, str) for c in batches):
@@ -703,7 +779,10 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
     if not batches:
         raise OptionError("calibration is empty: pass at least one batch of inputs")
     chosen = _distill_params(model, which)
-    if not chosen:
+    kashin = [(n, m) for n, m in model.named_modules() if isinstance(m, KashinLinear)] if "scales" in which else []
+    if "scales" in which and not kashin:
+        raise OptionError("params 'scales' tunes the block scales of KashinLinear layers, and the model has none")
+    if not chosen and not kashin:
         raise OptionError(f"the model has no {'/'.join(sorted(which))} parameters to tune")
     shared = {id(p) for p in reference.parameters()} & {id(p) for _, p in chosen}
     if shared:
@@ -711,6 +790,8 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
                           "of the float model as reference")
 
     flags = {id(p): p.requires_grad for p in model.parameters()}
+    for n, m in kashin:
+        chosen += [(f"{n}.{t}" if n else t, p) for t, p in m._start_scale_tuning()]
     saved = [p.detach().clone() for _, p in chosen]
     was_training = (model.training, reference.training)
     model.eval()  # dropout off: the two models must see the same function of the inputs
@@ -743,6 +824,9 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
             value.backward()
             opt.step()
             losses.append(float(value.detach()))
+        if not all(m._scales_fit_float16() for _, m in kashin):
+            raise NonFiniteError("distill_floats: a tuned block scale left the float16 range of the stored format; "
+                                 "parameters restored (try a smaller lr)")
     except BaseException:
         with torch.no_grad():
             for (_, p), s in zip(chosen, saved):
@@ -753,6 +837,8 @@ def distill_floats(model: nn.Module, reference: nn.Module, calibration, *, steps
             p.requires_grad_(flags.get(id(p), p.requires_grad))
         for _, p in chosen:  # the only gradients this call made
             p.grad = None
+        for _, m in kashin:  # the scales go back to float16 buffers (what the format stores)
+            m._stop_scale_tuning()
         model.train(was_training[0])
         reference.train(was_training[1])
     return {"parameters": int(sum(p.numel() for _, p in chosen)), "tensors": len(chosen), "loss": kind,
