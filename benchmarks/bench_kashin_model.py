@@ -269,14 +269,12 @@ def _distill(model, base, cal_ids, args, steps=None, params=None, kashin=None, l
     kept aside by ``_quantize``) go back into the model for the distillation, so that their float16
     block scales are tuned too, and come out again as dense dequantized linears for the evaluation.
     """
-    import torch
     from lrmath.eval.quant import _densify
-    from lrmath.torch.kashin import _set_module, distill_floats
+    from lrmath.torch.kashin import _id_windows, _set_module, distill_floats
 
     params = tuple(params or ("norm",))
     seq = seq or args.distill_seq
-    ids = torch.as_tensor(np.asarray(cal_ids))
-    batches = [{"input_ids": ids[i:i + seq][None], "use_cache": False} for i in range(0, len(ids) - seq + 1, seq)]
+    batches = _id_windows(np.asarray(cal_ids), seq)
     t0 = time.perf_counter()
     steps = steps or args.distill_steps
     if "scales" in params:

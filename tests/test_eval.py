@@ -15,6 +15,8 @@ ev = importlib.import_module("lrmath.eval")  # lrmath._LAZY gains "eval" with th
 
 from lrmath.errors import EmptyInputError, ShapeError  # noqa: E402
 
+from . import torch_models  # noqa: E402
+
 
 def _tiny_llama(vocab=61, seed=0):
     torch.manual_seed(seed)
@@ -170,15 +172,19 @@ def test_quantize_linears_errors():
         ev.quantize_linears(_tiny_llama(), "rtn", packed=True)
 
 
+def _model_folder(path):
+    """A tiny Llama saved with the default model's (BERT word-piece) tokenizer: a local LM folder."""
+    from lrmath import data
+
+    _tiny_llama(vocab=30522).save_pretrained(str(path))
+    transformers.AutoTokenizer.from_pretrained(str(data.model_dir()), local_files_only=True).save_pretrained(str(path))
+
+
 def test_cli_ppl_on_a_local_model_folder(tmp_path, capsys):
     """`lrmath eval ppl --model FOLDER`: a text shorter than one window is a clear error; a run gives JSON."""
-    from lrmath import data
     from lrmath.cli import main
 
-    model = _tiny_llama(vocab=30522)
-    model.save_pretrained(str(tmp_path / "m"))
-    transformers.AutoTokenizer.from_pretrained(str(data.model_dir()), local_files_only=True).save_pretrained(
-        str(tmp_path / "m"))
+    _model_folder(tmp_path / "m")
     (tmp_path / "short.txt").write_text("only a few words here")
     (tmp_path / "long.txt").write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 20))
     base = ["--json", "eval", "ppl", "--model", str(tmp_path / "m"), "--window", "32"]
@@ -202,16 +208,6 @@ def test_cli_eval_has_no_model_without_linears_path(capsys):
     assert "neither 'minilm' nor a BERT model folder" in capsys.readouterr().err
 
 
-def _kl_to(ref, model, wins):
-    tot = 0.0
-    with torch.no_grad():
-        for w in wins:
-            lr_ = ref(input_ids=w[None]).logits.double().log_softmax(-1)
-            lq = model(input_ids=w[None]).logits.double().log_softmax(-1)
-            tot += float((lr_.exp() * (lr_ - lq)).sum(-1).mean())
-    return tot / len(wins)
-
-
 def test_calibrated_kashin_report_and_distillation():
     """bpw, weight errors and the dense reconstructions checked against the packed layers; the
     distilled norms + scales lower the KL to the float model (same codes)."""
@@ -224,7 +220,7 @@ def test_calibrated_kashin_report_and_distillation():
         fp.lm_head.weight.mul_(20.0)
     g = np.random.default_rng(0)
     ids = g.integers(0, 61, 200)
-    wins = [torch.as_tensor(ids[i:i + 16]) for i in range(0, 192, 16)]
+    wins = [torch.as_tensor(ids[i:i + 16])[None] for i in range(0, 192, 16)]
     packed = copy.deepcopy(fp)
     rep = ev.calibrated_kashin(packed, 3, ids, windows=4, window=16, packed=True, progress_bar=False)
     layers = {n: m for n, m in packed.named_modules() if isinstance(m, KashinLinear)}
@@ -249,7 +245,7 @@ def test_calibrated_kashin_report_and_distillation():
                                  distill_window=16, progress_bar=False)
     assert rep_t.label == "Kashin calibrated + distilled norm/scales"
     assert rep_t.calibration["distill_windows"] == 12 and rep_t.bits_per_weight == rep.bits_per_weight
-    k0, k1 = _kl_to(fp, dense, wins), _kl_to(fp, tuned, wins)
+    k0, k1 = torch_models.kl_by_hand(dense, fp, wins), torch_models.kl_by_hand(tuned, fp, wins)
     assert k1 < 0.9 * k0, (k0, k1)  # 0.55 measured
     with pytest.raises(ShapeError, match="fewer than one window"):
         ev.calibrated_kashin(copy.deepcopy(fp), 3, ids[:10], window=16)
@@ -258,13 +254,9 @@ def test_calibrated_kashin_report_and_distillation():
 
 
 def test_cli_ppl_calibrated_kashin(tmp_path, capsys):
-    from lrmath import data
     from lrmath.cli import main
 
-    model = _tiny_llama(vocab=30522)
-    model.save_pretrained(str(tmp_path / "m"))
-    transformers.AutoTokenizer.from_pretrained(str(data.model_dir()), local_files_only=True).save_pretrained(
-        str(tmp_path / "m"))
+    _model_folder(tmp_path / "m")
     (tmp_path / "eval.txt").write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 20))
     (tmp_path / "cal.txt").write_text(" ".join(["a slow red hen walks under the busy bridge"] * 20))
     base = ["--json", "eval", "ppl", "--model", str(tmp_path / "m"), "--window", "32", "--text", str(tmp_path / "eval.txt")]

@@ -59,29 +59,18 @@ class _NanLogits(torch.nn.Module):
         return out
 
 
-def _kl_by_hand(model, ref, batches):
-    tot = 0.0
-    with torch.no_grad():
-        for ids in batches:
-            lq = model(input_ids=ids).logits.double()
-            lr = ref(input_ids=ids).logits.double()
-            p = lr.softmax(-1)
-            tot += float((p * (lr.log_softmax(-1) - lq.log_softmax(-1))).sum(-1).mean())
-    return tot / len(batches)
-
-
 def test_llama_kl_reduces_the_output_error_and_only_norms_move():
     ref, model = _quantized("llama")
     data = _batches()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
     ref_state = {n: p.detach().clone() for n, p in ref.state_dict().items()}
-    kl0 = _kl_by_hand(model, ref, data)
+    kl0 = torch_models.kl_by_hand(model, ref, data)
     emb = model.model.embed_tokens.weight
     emb.grad = torch.ones_like(emb)  # a gradient the user accumulated: not ours to clear
     rep = distill_floats(model, ref, data, steps=60, lr=1e-2)
     assert emb.grad is not None and torch.equal(emb.grad, torch.ones_like(emb))
-    kl1 = _kl_by_hand(model, ref, data)
+    kl1 = torch_models.kl_by_hand(model, ref, data)
     assert rep["loss"] == "kl" and len(rep["losses"]) == 60
     # the first recorded loss is the KL of the untouched model on that batch: within the batches' range
     assert 0 < rep["losses"][0] < 10 * kl0
@@ -223,10 +212,10 @@ def test_scales_distill_lowers_the_kl_and_keep_the_format(layout, tmp_path):
     data = _batches()
     bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
     norms_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    kl0 = _kl_by_hand(model, ref, data)
+    kl0 = torch_models.kl_by_hand(model, ref, data)
     n_scales = sum(m.scale_u.numel() + m.scale_v.numel() for m in model.modules() if isinstance(m, KashinLinear))
     rep = distill_floats(model, ref, data, steps=60, lr=3e-3, params="scales")
-    kl1 = _kl_by_hand(model, ref, data)
+    kl1 = torch_models.kl_by_hand(model, ref, data)
     assert kl1 < 0.9 * kl0, (kl0, kl1)  # 0.77 (flat) and 0.73 (rows) measured; untouched scales stay at 1.0
     assert rep["parameters"] == n_scales
     # only the scales moved; they are float16 buffers again, codes and tables untouched

@@ -1,4 +1,5 @@
-"""Tiny transformers models with each lrmath torch layer, shared by the compile and distributed tests.
+"""Tiny transformers models with each lrmath torch layer, shared by the compile and distributed tests
+(and :func:`kl_by_hand`, the oracle of the distillation tests).
 
 Every builder returns a model whose only trainable parameters are the lrmath layer's (plus
 none of the base model's), built deterministically from a seed, so two calls give equal
@@ -129,3 +130,15 @@ def reset_streams(model, value=0):
 
 def trainable(model):
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def kl_by_hand(model, ref, batches) -> float:
+    """Mean token-level KL(ref || model) over batches of ids (b, s), in float64 from the logits."""
+    tot = 0.0
+    with torch.no_grad():
+        for ids in batches:
+            lq = model(input_ids=ids).logits.double()
+            lr = ref(input_ids=ids).logits.double()
+            p = lr.softmax(-1)
+            tot += float((p * (lr.log_softmax(-1) - lq.log_softmax(-1))).sum(-1).mean())
+    return tot / len(batches)

@@ -95,6 +95,41 @@ def block_linears(model: Any) -> list[tuple[str, Any]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _BLOCK_RE.search(n)]
 
 
+def _targets(model: Any) -> list[tuple[str, Any]]:
+    """:func:`block_linears`, refusing a model that has none."""
+    targets = block_linears(model)
+    if not targets:
+        raise EmptyInputError(
+            f"{type(model).__name__} has no nn.Linear inside numbered transformer blocks "
+            f"(module names like 'model.layers.0.mlp.up_proj' or 'encoder.layer.0.attention.self.query'); "
+            f"nothing to quantize"
+        )
+    return targets
+
+
+class _Tally:
+    """The weight errors and stored bytes of the quantized layers, summed as :class:`QuantReport`
+    states them (mean of the per-layer relative errors, and the total over all weights)."""
+
+    def __init__(self):
+        self.errors: list[float] = []
+        self.nbytes, self.weights, self.sq_err, self.sq_w = 0, 0, 0.0, 0.0
+
+    def add(self, W: np.ndarray, W_hat: np.ndarray, nbytes: int) -> None:
+        W = np.asarray(W, np.float64)
+        e2 = float(np.sum((W - W_hat) ** 2))
+        w2 = float(np.sum(W ** 2))
+        self.errors.append(np.sqrt(e2 / w2) if w2 else 0.0)
+        self.sq_err, self.sq_w = self.sq_err + e2, self.sq_w + w2
+        self.nbytes += int(nbytes)
+        self.weights += W.size
+
+    def fields(self) -> dict:
+        return {"weights": self.weights, "bytes": self.nbytes, "bits_per_weight": 8.0 * self.nbytes / self.weights,
+                "weight_error": float(np.mean(self.errors)),
+                "weight_error_total": float(np.sqrt(self.sq_err / self.sq_w)) if self.sq_w else 0.0}
+
+
 def _hqq(W: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, int]:
     """HQQ reconstruction and the bytes of its packed codes + float16 scale and zero."""
     import torch
@@ -175,14 +210,8 @@ def quantize_linears(
         raise OptionError(f"unknown quantizer {quantizer!r}; choose one of {QUANTIZERS}")
     if packed and quantizer != "kashin":
         raise OptionError("packed=True is only available for the kashin quantizer")
-    targets = block_linears(model)
-    if not targets:
-        raise EmptyInputError(
-            f"{type(model).__name__} has no nn.Linear inside numbered transformer blocks "
-            f"(module names like 'model.layers.0.mlp.up_proj' or 'encoder.layer.0.attention.self.query'); "
-            f"nothing to quantize"
-        )
-    errors, bytes_total, weights, sq_err, sq_w = [], 0, 0, 0.0, 0.0
+    targets = _targets(model)
+    tally = _Tally()
     t0 = time.perf_counter()
     for name, lin in progress(targets, desc=f"{quantizer} {bits}-bit", enabled=progress_bar):
         W = lin.weight.detach().float().cpu().numpy()
@@ -195,12 +224,7 @@ def quantize_linears(
             nbytes, W_hat = q.nbytes, q.dequantize()
         else:
             W_hat, nbytes = _hqq(W, bits, group)
-        e2 = float(np.sum((W.astype(np.float64) - W_hat) ** 2))
-        w2 = float(np.sum(W.astype(np.float64) ** 2))
-        errors.append(np.sqrt(e2 / w2) if w2 else 0.0)
-        sq_err, sq_w = sq_err + e2, sq_w + w2
-        bytes_total += int(nbytes)
-        weights += W.size
+        tally.add(W, W_hat, nbytes)
         if packed:
             from ..torch.kashin import KashinLinear, _set_module
 
@@ -211,28 +235,30 @@ def quantize_linears(
     seconds = time.perf_counter() - t0
     return QuantReport(
         quantizer=quantizer, bits=int(bits), group=None if quantizer == "kashin" else int(group),
-        method=method if quantizer == "kashin" else None, layers=len(targets), weights=weights,
-        bytes=bytes_total, bits_per_weight=8.0 * bytes_total / weights, weight_error=float(np.mean(errors)),
-        weight_error_total=float(np.sqrt(sq_err / sq_w)) if sq_w else 0.0, seconds=seconds,
-        names=[n for n, _ in targets],
+        method=method if quantizer == "kashin" else None, layers=len(targets), seconds=seconds,
+        names=[n for n, _ in targets], **tally.fields(),
     )
 
 
-def _densify(model: Any, names) -> None:
-    """Replace each :class:`KashinLinear` ``names[i]`` by an ``nn.Linear`` holding its dequantized
-    weight (and bias): the same function, at dense speed, for evaluation."""
+def _dense_linear(kl: Any, weight: Any = None) -> Any:
+    """An ``nn.Linear`` holding a :class:`KashinLinear`'s dequantized weight (or ``weight``, that
+    same array computed already) and its bias: the same function, at dense speed."""
     import torch
 
+    lin = torch.nn.Linear(kl.in_features, kl.out_features, bias=kl.bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(kl.dequantize() if weight is None else torch.as_tensor(weight))
+        if kl.bias is not None:
+            lin.bias.copy_(kl.bias)
+    return lin
+
+
+def _densify(model: Any, names) -> None:
+    """Replace each :class:`KashinLinear` ``names[i]`` of ``model`` by :func:`_dense_linear` of it."""
     from ..torch.kashin import _set_module
 
     for n in names:
-        kl = model.get_submodule(n)
-        lin = torch.nn.Linear(kl.in_features, kl.out_features, bias=kl.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(kl.dequantize())
-            if kl.bias is not None:
-                lin.bias.copy_(kl.bias)
-        _set_module(model, n, lin)
+        _set_module(model, n, _dense_linear(model.get_submodule(n)))
 
 
 @public
@@ -303,7 +329,7 @@ def calibrated_kashin(
 
     from ..backend import check_int
     from ..errors import ShapeError
-    from ..torch.kashin import KashinLinear, distill_floats, quantize_model
+    from ..torch.kashin import KashinLinear, _id_windows, _set_module, distill_floats, quantize_model
     from .metrics import token_ids
 
     bits = check_int(bits, "bits", minimum=2, maximum=8)
@@ -319,27 +345,24 @@ def calibrated_kashin(
         if not params or not set(params) <= set(DISTILL_PARAMS):
             raise OptionError(f"distill_params must be a non-empty subset of {DISTILL_PARAMS}, got {distill_params!r}")
         check_float(distill_lr, "distill_lr", minimum=0.0, min_open=True)
-    import torch
-
-    targets = block_linears(model)
-    if not targets:
-        raise EmptyInputError(f"{type(model).__name__} has no nn.Linear inside numbered transformer blocks; nothing to quantize")
-    ids = torch.as_tensor(token_ids(calibration, tokenizer))
-    if ids.numel() < window:
-        raise ShapeError(f"the calibration text has {ids.numel()} tokens, fewer than one window of {window}")
-    n_cal = min(windows, ids.numel() // window)
-    cal = [{"input_ids": ids[i * window:(i + 1) * window][None], "use_cache": False} for i in range(n_cal)]
+    targets = _targets(model)
+    ids = token_ids(calibration, tokenizer)
+    if ids.size < window:
+        raise ShapeError(f"the calibration text has {ids.size} tokens, fewer than one window of {window}")
+    cal = _id_windows(ids, window)[:windows]
     names = [n for n, _ in targets]
-    originals = {n: lin.weight.detach().float().cpu().clone() for n, lin in targets}
     reference = copy.deepcopy(model).eval() if distill_steps else None
+    # the float weights for the error report, without a copy: quantize_model replaces the modules
+    # and never writes into their weights
+    originals = {n: lin.weight.detach().float().cpu().numpy() for n, lin in targets}
     t0 = time.perf_counter()
     quantize_model(model, bits, include=names, exclude=(), calibration=cal, progress=progress_bar is not False,
                    iters=iters, **({"rank_bpw": rank_bpw} if rank_bpw else {}))
-    info: dict = {"windows": n_cal, "window": window, "tokens": n_cal * window, "iters": iters,
+    info: dict = {"windows": len(cal), "window": window, "tokens": len(cal) * window, "iters": iters,
                   "rank_bpw": rank_bpw, "distill_steps": distill_steps}
     if distill_steps:
-        dl = min(distill_window, ids.numel())
-        batches = [{"input_ids": ids[i:i + dl][None], "use_cache": False} for i in range(0, ids.numel() - dl + 1, dl)]
+        dl = min(distill_window, ids.size)
+        batches = _id_windows(ids, dl)
         rep = distill_floats(model, reference, batches, steps=distill_steps, lr=distill_lr, params=params,
                              loss="kl", seed=seed, progress=progress_bar is not False)
         del reference
@@ -349,23 +372,14 @@ def calibrated_kashin(
                     distill_loss_first=float(np.mean(rep["losses"][:k])),
                     distill_loss_last=float(np.mean(rep["losses"][-k:])))
     seconds = time.perf_counter() - t0
-    errors, nbits, weights, sq_err, sq_w = [], 0.0, 0, 0.0, 0.0
+    tally = _Tally()
     for n in names:
         kl = model.get_submodule(n)
         if not isinstance(kl, KashinLinear):  # quantize_model replaces every name it was given
             raise RuntimeError(f"{n} was not quantized")
-        W = originals[n].double()
-        e2 = float(((W - kl.dequantize().double()) ** 2).sum())
-        w2 = float((W ** 2).sum())
-        errors.append(np.sqrt(e2 / w2) if w2 else 0.0)
-        sq_err, sq_w = sq_err + e2, sq_w + w2
-        nbits += kl.bits_per_weight * W.numel()
-        weights += W.numel()
-    if not packed:
-        _densify(model, names)
-    return QuantReport(
-        quantizer="kashin-cal", bits=int(bits), group=None, method="default", layers=len(names), weights=weights,
-        bytes=int(round(nbits / 8)), bits_per_weight=nbits / weights, weight_error=float(np.mean(errors)),
-        weight_error_total=float(np.sqrt(sq_err / sq_w)) if sq_w else 0.0, seconds=seconds, names=names,
-        calibration=info,
-    )
+        W_hat = kl.dequantize()
+        tally.add(originals.pop(n), W_hat.double().numpy(), kl.nbytes)
+        if not packed:
+            _set_module(model, n, _dense_linear(kl, W_hat))
+    return QuantReport(quantizer="kashin-cal", bits=int(bits), group=None, method="default", layers=len(names),
+                       seconds=seconds, names=names, calibration=info, **tally.fields())

@@ -30,7 +30,7 @@ from torch import nn
 from .. import ops
 from ..errors import FormatError, OptionError, ShapeError
 from ..kashin import format as fmt
-from ..kashin.quantize import KashinQuantized, load_entries, quantize
+from ..kashin.quantize import _F16_MAX, KashinQuantized, load_entries, quantize
 from ..backend import check_choice, public
 from ._inputs import layer_forward
 
@@ -134,11 +134,15 @@ class KashinLinear(nn.Module):
                                **{t: getattr(self, t).cpu().numpy() for t in fmt.TENSORS})
 
     @property
+    def nbytes(self) -> int:
+        """Every stored byte: codes, scales, tables, low-rank factors."""
+        return sum(getattr(self, t).numel() * getattr(self, t).element_size()
+                   for t in fmt.TENSORS + tuple(self._extra_names))
+
+    @property
     def bits_per_weight(self) -> float:
         """Every stored byte (codes, scales, tables, low-rank factors) per weight."""
-        nbytes = sum(getattr(self, t).numel() * getattr(self, t).element_size()
-                     for t in fmt.TENSORS + tuple(self._extra_names))
-        return 8.0 * nbytes / (self.out_features * self.in_features)
+        return 8.0 * self.nbytes / (self.out_features * self.in_features)
 
     def lowrank_factors(self, dtype=torch.float32):
         """Decoded compensation ``(B (out, r), A (r, in))`` or None (FORMAT.md, low-rank tensors)."""
@@ -186,15 +190,25 @@ class KashinLinear(nn.Module):
         vals = table[self.colidx[None, :] * (1 << bits) + codes]
         return (scale[:, self.colidx] * vals).to(dtype)
 
+    def _terms(self, lo, hi, dtype):
+        """The two decoded terms ``(U_hat, V_hat)`` of ``W_hat = U_hat + V_hat`` (``U_hat`` = scaled
+        ``u`` codes, ``V_hat`` = scaled ``v`` codes through ``Q``): output rows ``lo..hi`` as
+        ``(rows, in)`` in the rows layout, flat blocks ``lo..hi`` as ``(blocks, N)`` in the flat
+        layout (padding not cut)."""
+        if self.layout == "rows":
+            U, V = self._uv_rows(lo, hi, dtype)
+            return U, self._xform(V, dtype, transpose=False)
+        return self._decode("u", lo, hi, dtype), self._decode("v", lo, hi, dtype) @ self.Qm.to(dtype).T
+
     def _w_rows(self, r0, r1, dtype):
         if self.layout == "rows":
-            U, V = self._uv_rows(r0, r1, dtype)
-            return U + self._xform(V, dtype, transpose=False)
+            U, V = self._terms(r0, r1, dtype)
+            return U + V
         inn, N = self.in_features, self.block
         f0, f1 = r0 * inn, r1 * inn
         b0, b1 = f0 // N, -(-f1 // N)
-        w = self._decode("u", b0, b1, dtype) + self._decode("v", b0, b1, dtype) @ self.Qm.to(dtype).T
-        return w.reshape(-1)[f0 - b0 * N: f1 - b0 * N].reshape(r1 - r0, inn)
+        U, V = self._terms(b0, b1, dtype)
+        return (U + V).reshape(-1)[f0 - b0 * N: f1 - b0 * N].reshape(r1 - r0, inn)
 
     def _uv_rows(self, r0, r1, dtype):
         if self.layout == "rows":
@@ -263,18 +277,10 @@ class KashinLinear(nn.Module):
     _GAINS = ("gain_u", "gain_v")
 
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two decoded terms ``(U_hat, V_hat)`` of ``W_hat = U_hat + V_hat`` (``U_hat`` =
-        scaled ``u`` codes, ``V_hat`` = scaled ``v`` codes through ``Q``), each block carrying one
-        scale. Shapes: ``(out, in)`` in the rows layout, ``(blocks, N)`` in the flat layout (before
-        the padding is cut). A gain ``g`` on a block's scale multiplies that block of the term: the
-        scale is a scalar per block and ``Q`` acts inside a block, so the two commute."""
-        out, inn = self.out_features, self.in_features
-        f32 = torch.float32
-        if self.layout == "rows":
-            return self._uv_rows_cols("u", 0, out, f32), self._xform(self._uv_rows_cols("v", 0, out, f32), f32,
-                                                                     transpose=False)
-        nb = self.scale_u.numel()
-        return self._decode("u", 0, nb, f32), self._decode("v", 0, nb, f32) @ self.Qm.to(f32).T
+        """:meth:`_terms` of the whole weight in float32. A gain ``g`` on a block's scale multiplies
+        that block of its term: the scale is a scalar per block and ``Q`` acts inside a block, so
+        the two commute."""
+        return self._terms(0, self.out_features if self.layout == "rows" else self.scale_u.numel(), torch.float32)
 
     def _scaled_weight(self) -> torch.Tensor:
         """Dense ``W_hat`` (out, in), differentiable in the per-block gains (while tuning)."""
@@ -310,7 +316,7 @@ class KashinLinear(nn.Module):
         return [(g, getattr(self, g)) for g in self._GAINS]
 
     def _scales_fit_float16(self) -> bool:
-        return all(bool(torch.all((getattr(self, t).float() * getattr(self, g).detach()).abs() <= 65504.0))
+        return all(bool(torch.all((getattr(self, t).float() * getattr(self, g).detach()).abs() <= _F16_MAX))
                    for t, g in zip(self._SCALES, self._GAINS))
 
     def _stop_scale_tuning(self) -> None:
@@ -403,9 +409,15 @@ def _text_windows(texts, tokenizer, window):
     ids = list(tokenizer("\n\n".join(texts))["input_ids"])
     if not ids:
         raise OptionError("calibration texts tokenize to nothing")
-    n = max(1, len(ids) // window)
-    return [{"input_ids": torch.as_tensor(ids[i * window:(i + 1) * window])[None], "use_cache": False}
-            for i in range(n)]
+    return _id_windows(ids, window)
+
+
+def _id_windows(ids, window: int) -> list[dict]:
+    """1-D token ids -> batches ``{"input_ids": (1, window), "use_cache": False}``: consecutive
+    non-overlapping windows, the last partial one dropped unless it is the only one."""
+    ids = torch.as_tensor(ids)
+    return [{"input_ids": ids[i * window:(i + 1) * window][None], "use_cache": False}
+            for i in range(max(1, ids.numel() // window))]
 
 
 def _call(model, item):
