@@ -37,18 +37,19 @@ import numpy as np
 
 ROWS = [
     # id, method, bits, options (calibrated rows: 4 alternating sweeps per block fit -- the u codes
-    # are re-chosen by the propagation anyway, and it halves the time on a shared 2-core machine)
+    # are re-chosen by the propagation anyway, and it halves the time on a shared 2-core machine;
+    # "gptq": "u" rows are the first calibrated coder, which re-chose only u's codes)
     ("fp", "fp", 16, {}),
-    ("kashin-cal-3", "kashin-cal", 3, {"iters": 4}),
-    ("kashin-cal-4", "kashin-cal", 4, {"iters": 4}),
-    ("kashin-cal-2-lqer", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8, "iters": 4}),
+    ("kashin-cal-3", "kashin-cal", 3, {"gptq": "u", "iters": 4}),
+    ("kashin-cal-4", "kashin-cal", 4, {"gptq": "u", "iters": 4}),
+    ("kashin-cal-2-lqer", "kashin-cal", 2, {"gptq": "u", "rank_bpw": 0.33, "lowrank_bits": 8, "iters": 4}),
     ("hqq-g64-2", "hqq", 2, {"group": 64}),
     ("rtn-g64-2", "rtn", 2, {"group": 64}),
     ("hqq-g64-3", "hqq", 3, {"group": 64}),
     ("rtn-g64-3", "rtn", 3, {"group": 64}),
     ("hqq-g64-4", "hqq", 4, {"group": 64}),
     ("rtn-g64-4", "rtn", 4, {"group": 64}),
-    ("kashin-cal-2", "kashin-cal", 2, {"iters": 4}),
+    ("kashin-cal-2", "kashin-cal", 2, {"gptq": "u", "iters": 4}),
     ("kashin-2-loftq", "kashin", 2, {"rank_bpw": 0.33, "lowrank_bits": 8, "layout": "rows"}),
     ("kashin-2", "kashin", 2, {}),
     ("kashin-3", "kashin", 3, {}),
@@ -71,8 +72,8 @@ ROWS = [
     # two passes over the windows instead of one: the 4-bit KL was still falling at 150 steps
     ("kashin-cal-4+distill-300", "distill", 4, {"base": "kashin-cal-4", "steps": 300}),
     # 4 bits: the 1+3 split (lower weight error data-free, `kashin_bits`), and 4x the calibration text
-    ("kashin-cal-4-s13", "kashin-cal", 4, {"iters": 4, "split": [1, 3]}),
-    ("kashin-cal-4-c32", "kashin-cal", 4, {"iters": 4, "cal_windows": 32}),
+    ("kashin-cal-4-s13", "kashin-cal", 4, {"gptq": "u", "iters": 4, "split": [1, 3]}),
+    ("kashin-cal-4-c32", "kashin-cal", 4, {"gptq": "u", "iters": 4, "cal_windows": 32}),
     # the per-block float16 scales of the Kashin codes distilled together with the RMSNorm weights
     # (distill_floats(params=("norm", "scales")): the same stored bytes, so the same bpw)
     ("kashin-cal-4+distill-scales", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"]}),
@@ -82,8 +83,19 @@ ROWS = [
     ("kashin-cal-4+distill-scales-s512", "distill", 4, {"base": "kashin-cal-4", "params": ["norm", "scales"], "lr": 1e-3,
                                                          "seq": 512}),
     # 10 alternating sweeps per block fit (the data-free default) instead of 4
-    ("kashin-cal-4-i10", "kashin-cal", 4, {"iters": 10}),
+    ("kashin-cal-4-i10", "kashin-cal", 4, {"gptq": "u", "iters": 10}),
     ("kashin-cal-4-i10+distill-scales", "distill", 4, {"base": "kashin-cal-4-i10", "params": ["norm", "scales"], "lr": 1e-3}),
+    # GPTQ's column loop over both factors (gptq="uv", the default now; u in its original coordinates,
+    # v in the rotated ones, scales refitted for the output error) with its default split 1 + (bits-1)
+    ("kashin-cal-4-uv", "kashin-cal", 4, {"iters": 4}),
+    ("kashin-cal-4-uv+distill-scales", "distill", 4, {"base": "kashin-cal-4-uv", "params": ["norm", "scales"], "lr": 1e-3}),
+    ("kashin-cal-3-uv", "kashin-cal", 3, {"iters": 4}),
+    ("kashin-cal-3-uv+distill-scales", "distill", 3, {"base": "kashin-cal-3-uv", "params": ["norm", "scales"], "lr": 1e-3}),
+    ("kashin-cal-2-uv", "kashin-cal", 2, {"iters": 4}),
+    ("kashin-cal-2-lqer-uv", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8, "iters": 4}),
+    ("kashin-cal-2-lqer-uv+distill-scales", "distill", 2, {"base": "kashin-cal-2-lqer-uv", "params": ["norm", "scales"],
+                                                            "lr": 1e-3}),
+    ("kashin-cal-2-lqer-uv+lora", "lora", 2, {"base": "kashin-cal-2-lqer-uv"}),
 ]
 
 
@@ -435,6 +447,9 @@ def _write(cache, args, write_results):
              "may change steps / lr); their train_seconds / loss columns are the distillation's (KL). "
              "*+distill-scales rows tune the Kashin per-block float16 scales too (params norm + scales: stored "
              "anyway, so the same bpw). kashin-cal-4-s13 codes with the 1+3 split; kashin-cal-4-c32 calibrates on 32 "
-             "windows instead of 8.")
+             "windows instead of 8. Calibrated rows with options \"gptq\": \"u\" ran the first calibrated coder (GPTQ's "
+             "column loop over u's codes only, the even split); *-uv rows (no gptq option) the default one, "
+             "`quantize(..., gptq=\"uv\")`: the loop over both factors, v in its rotated coordinates, scales refitted "
+             "for the output error, split 1 + (bits - 1).")
     write_results("kashin_model", rows, meta, device="cpu", notes=notes)
     return {"rows": rows}

@@ -28,12 +28,16 @@ DISTILL = {"sentences": 4000, "steps": 300, "lr": 1e-3, "batch": 32, "seed": 0}
 ROWS = [
     ("fp32", "fp", 32, {}),
     ("kashin-2", "kashin", 2, {}),
-    ("kashin-cal-2", "kashin-cal", 2, {}),
-    ("kashin-cal-2-lqer", "kashin-cal", 2, {"rank_bpw": 0.33, "lowrank_bits": 8}),
+    # "gptq": "u": the first calibrated coder (GPTQ's column loop over u's codes only)
+    ("kashin-cal-2", "kashin-cal", 2, {"gptq": "u"}),
+    ("kashin-cal-2-lqer", "kashin-cal", 2, {"gptq": "u", "rank_bpw": 0.33, "lowrank_bits": 8}),
     # calibration without padding: sentences bucketed by token length (padding positions would enter
     # H = X^T X with states no real input produces), 512 sentences, damping 0.1 for the small sample
-    ("kashin-cal-2-nopad", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1}),
-    ("kashin-cal-2-nopad-lqer", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
+    ("kashin-cal-2-nopad", "kashin-cal", 2, {"gptq": "u", "cal": "nopad", "damp": 0.1}),
+    ("kashin-cal-2-nopad-lqer", "kashin-cal", 2, {"gptq": "u", "cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
+    # the same calibration through the default coder now: GPTQ's column loop over both factors (gptq="uv")
+    ("kashin-cal-2-nopad-uv", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1}),
+    ("kashin-cal-2-nopad-lqer-uv", "kashin-cal", 2, {"cal": "nopad", "damp": 0.1, "rank_bpw": 0.33, "lowrank_bits": 8}),
     # data-free codes + data-free LoftQ factors (no calibration at all)
     ("kashin-2-loftq", "kashin", 2, {"rank_bpw": 0.33, "lowrank_bits": 8}),
     ("hqq-g64-2", "hqq", 2, {"group": 64}),
@@ -165,7 +169,8 @@ def _write(cdir, args, write_results, n_test):
              "`nice -n 10 python -m benchmarks kashin_sts` (resumable; quantize_s is wall time on a heavily shared machine). "
              "Rows *-distill: biases and LayerNorms (float, no extra bits) tuned towards the fp32 embeddings by "
              "`lrmath.torch.kashin.distill_floats` (300 AdamW steps, lr 1e-3, 32 sentences per step, 4,000 unique "
-             "STS-B train sentences, cosine loss); 'dev before/after' is the STS-B dev Spearman.")
+             "STS-B train sentences, cosine loss); 'dev before/after' is the STS-B dev Spearman. Calibrated rows with "
+             "\"gptq\": \"u\" ran the first calibrated coder (u's codes only); *-uv rows the default both-factor coder.")
     write_results("kashin_sts", rows, {"test_pairs": n_test or 1379, "cal_sentences": args.cal_sentences}, device="cpu",
                   notes=notes)
     return {"rows": rows}

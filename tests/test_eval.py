@@ -266,7 +266,12 @@ def test_cli_ppl_calibrated_kashin(tmp_path, capsys):
     row = out["rows"][-1]
     assert row["method"] == "Kashin calibrated + distilled norm/scales" and row["bits"] == 3 and row["bpw"] > 3
     assert out["quantization"]["calibration"]["windows"] == 2 and out["quantization"]["layers"] == 14
-    for extra, msg in ((["--quantizer", "rtn", "--calibration", str(tmp_path / "cal.txt")], "needs --quantizer kashin"),
+    assert out["quantization"]["calibration"]["gptq"] == "uv"
+    assert main(base + ["--quantizer", "kashin", "--bits", "2", "--calibration", str(tmp_path / "cal.txt"),
+                        "--cal-windows", "1", "--gptq", "u"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"]["calibration"]["gptq"] == "u"
+    for extra, msg in ((["--quantizer", "kashin", "--calibration", str(tmp_path / "cal.txt"), "--gptq", "v"], "invalid choice"),
+                       (["--quantizer", "rtn", "--calibration", str(tmp_path / "cal.txt")], "needs --quantizer kashin"),
                        (["--quantizer", "kashin", "--distill-steps", "3"], "need --calibration"),
                        (["--quantizer", "kashin", "--calibration", str(tmp_path / "none.txt")], "neither 'lee-news' nor a file")):
         assert main(base + extra) == 2

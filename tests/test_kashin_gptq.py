@@ -16,10 +16,10 @@ import pytest
 import scipy.linalg
 
 from lrmath import ops, rng
-from lrmath.errors import FormatError, RankError, ShapeError
+from lrmath.errors import FormatError, OptionError, RankError, ShapeError
 from lrmath.kashin import KashinQuantized, load, quantize
 from lrmath.kashin import format as fmt
-from lrmath.kashin.gptq import gptq_columns, inverse_cholesky, prepare_hessian
+from lrmath.kashin.gptq import alternate_uv, gptq_columns, inverse_cholesky, nearest_plane, prepare_hessian
 from lrmath.kashin.lowrank import pack_factor, rank_for_budget, unpack_factor
 from lrmath.testing import assert_close
 
@@ -92,27 +92,118 @@ def test_prepare_hessian_damps_and_marks_dead_columns():
         prepare_hessian(np.eye(3), 4)
 
 
+@pytest.mark.parametrize("c0,c1", [(0, 5), (5, 9), (9, 12)])
+def test_block_cost_is_the_obs_cost_after_compensation(c0, c1):
+    """``||delta U_bb^{-1}||^2`` (gptq.py) equals the output cost left after the later columns absorb
+    what they can: ``delta [(H_{c0:, c0:})^{-1}]_{bb}^{-1} delta^T`` from explicit inverses; and the
+    GPTQ loop's ``Err`` is ``(T - Q) U_bb^{-1}``."""
+    g = np.random.default_rng(c0)
+    inn = 12
+    X = _correlated(80, inn, 5 + c0, decay=3.0)
+    H = X.T @ X + 0.3 * np.eye(inn)
+    U = inverse_cholesky(H)
+    Ub = U[c0:c1, c0:c1]
+    delta = g.standard_normal((3, c1 - c0))
+    S = np.linalg.inv(np.linalg.inv(H[c0:, c0:])[: c1 - c0, : c1 - c0])
+    oracle = np.einsum("ij,jk,ik->i", delta, S, delta)
+    ours = np.sum((delta @ np.linalg.inv(Ub)) ** 2, axis=1)
+    assert_close(ours, oracle, rtol=1e-9, atol=1e-12)
+    T = g.standard_normal((3, c1 - c0))
+    codes, Q, Err = nearest_plane(T, Ub, np.array([0.5, 1.0, 2.0]), np.array([-1.0, 0.0, 1.0]))
+    assert_close(Err, scipy.linalg.solve_triangular(Ub.T, (T - Q).T, lower=True).T, rtol=1e-9, atol=1e-12)
+    assert_close(Q, np.array([0.5, 1.0, 2.0])[:, None] * np.array([-1.0, 0.0, 1.0])[codes], rtol=0, atol=0)
+
+
+def _hadamard_rows(n, seed=0):
+    return _hadamard_dense(n, seed).T  # row b -> b @ F = (Q b^T)^T
+
+
+def test_alternate_uv_lowers_the_cost_and_reports_its_error():
+    g = np.random.default_rng(11)
+    n, out = 16, 24
+    X = _correlated(200, n, 12, decay=3.0)
+    H = X.T @ X + 0.2 * np.eye(n)
+    Ub = inverse_cholesky(H)
+    F = _hadamard_rows(n)
+    x0 = g.standard_normal((out, n))
+    Tu, Tv = np.array([-1.0, 1.0]), np.array([-1.5, -0.5, 0.5, 1.5])
+    cu0 = g.integers(0, 2, (out, n)).astype(np.uint8)
+    cv0 = g.integers(0, 4, (out, n)).astype(np.uint8)
+    al0, be0 = np.full(out, 0.3), np.full(out, 0.5)
+    cu, cv, al, be, Err = alternate_uv(x0, Ub, F, al0, be0, Tu, Tv, cu0, cv0, rounds=2)
+    Ui = np.linalg.inv(Ub)
+
+    def cost(cu_, cv_, a_, b_):
+        xh = a_[:, None] * Tu[cu_] + b_[:, None] * (Tv[cv_] @ F)
+        return np.sum(((x0 - xh) @ Ui) ** 2, axis=1), xh
+
+    c_start, _ = cost(cu0, cv0, al0, be0)
+    c_end, xh = cost(cu, cv, al, be)
+    assert np.all(c_end <= c_start * (1 + 1e-12)) and np.mean(c_end) < 0.7 * np.mean(c_start)
+    assert_close(Err, (x0 - xh) @ Ui, rtol=1e-9, atol=1e-12)
+    # identity metric: the v step of a round is plain rounding of the rotated residual (at the
+    # starting scales: the refit comes after it)
+    cu, cv, al, be, _ = alternate_uv(x0, np.eye(n), F, al0, be0, Tu, Tv, cu0, cv0, rounds=1)
+    R = (x0 - al0[:, None] * Tu[cu]) @ F.T / be0[:, None]
+    assert np.array_equal(cv, np.argmin(np.abs(R[..., None] - Tv), axis=-1))
+
+
 # ----------------------------------------------------------------------------- calibrated quantize
-@pytest.mark.parametrize("bits", [2, 3])
-def test_calibrated_output_error_below_data_free(bits):
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("gptq", ["uv", "u"])
+def test_calibrated_output_error_below_data_free(bits, gptq):
     g = np.random.default_rng(bits)
     W = g.standard_normal((48, 256)).astype(np.float32)
     X = _correlated(1024, 256, 10 + bits)
-    cal = quantize(W, bits, calibration=X.T @ X, iters=3)
+    cal = quantize(W, bits, calibration=X.T @ X, iters=3, gptq=gptq)
     free = quantize(W, bits, layout="rows", iters=3)
     flat = quantize(W, bits, iters=3)
     e_cal, e_free, e_flat = (_out_err(W, q.dequantize(np.float64), X) for q in (cal, free, flat))
     assert e_cal < 0.8 * min(e_free, e_flat), (e_cal, e_free, e_flat)
-    assert cal.bits_per_weight <= free.bits_per_weight + 1e-12
-    assert cal.info["calibrated"]
+    same_split = quantize(W, bits, layout="rows", iters=0, split=(cal.bits_u, cal.bits_v))
+    assert cal.bits_per_weight == same_split.bits_per_weight  # calibration stores nothing more
+    assert cal.info["calibrated"] == gptq
+    assert (cal.bits_u, cal.bits_v) == ((1, bits - 1) if gptq == "uv" else ((bits + 1) // 2, bits // 2))
 
 
-def test_identity_calibration_no_worse_than_data_free():
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_both_factors_beat_u_only(bits):
+    g = np.random.default_rng(20 + bits)
+    W = g.standard_normal((64, 512)).astype(np.float32)
+    X = _correlated(2048, 512, 30 + bits)
+    H = X.T @ X
+    split = ((bits + 1) // 2, bits // 2)
+    e_u = _out_err(W, quantize(W, bits, calibration=H, iters=2, gptq="u").dequantize(np.float64), X)
+    e_uv_same = _out_err(W, quantize(W, bits, calibration=H, iters=2, split=split).dequantize(np.float64), X)
+    assert e_uv_same < 0.97 * e_u, (e_u, e_uv_same)
+    if bits == 4:  # the default 1 + 3 split: v's 8 levels are coded for the output error too
+        e_uv = _out_err(W, quantize(W, bits, calibration=H, iters=2).dequantize(np.float64), X)
+        assert e_uv < 0.8 * e_uv_same, (e_uv_same, e_uv)
+    with pytest.raises(OptionError, match="gptq"):
+        quantize(W, bits, calibration=H, gptq="v")
+
+
+def test_both_factor_coder_on_zero_rows_and_dead_inputs():
+    """All-zero rows decode to zero; dead input columns (H_jj = 0) get zero weight; no NaN anywhere."""
+    g = np.random.default_rng(5)
+    W = g.standard_normal((16, 64)).astype(np.float32)
+    W[3] = 0
+    X = _correlated(300, 64, 6)
+    X[:, [7, 40]] = 0  # inputs that never fire
+    q = quantize(W, 3, calibration=X.T @ X, iters=2)
+    Wh = q.dequantize(np.float64)
+    assert np.all(np.isfinite(Wh)) and np.all(Wh[3] == 0)
+    assert q.info["dead_columns"] == 2
+    assert _out_err(W, Wh, X) < 0.8 * _out_err(W, quantize(W, 3, layout="rows", iters=2).dequantize(np.float64), X)
+
+
+@pytest.mark.parametrize("gptq", ["uv", "u"])
+def test_identity_calibration_no_worse_than_data_free(gptq):
     g = np.random.default_rng(7)
     W = g.standard_normal((40, 192)).astype(np.float32)
     for bits in (2, 4):
         free = quantize(W, bits, layout="rows", iters=2)
-        cal = quantize(W, bits, calibration=np.eye(192), iters=2)
+        cal = quantize(W, bits, calibration=np.eye(192), iters=2, gptq=gptq, split=(free.bits_u, free.bits_v))
         assert cal.relative_error(W) <= free.relative_error(W) * (1 + 1e-6)
 
 

@@ -35,6 +35,8 @@ def _args(parser):
                    help="calibrate on lee-news (its calibration half, articles 0-149) or a UTF-8 text file: GPTQ-style "
                         "Kashin, layer by layer (lrmath.eval.calibrated_kashin)")
     c.add_argument("--cal-windows", type=int, default=8, help="calibration windows of --window tokens (default 8)")
+    c.add_argument("--gptq", choices=("uv", "u"), default="uv",
+                   help="GPTQ's column loop over both Kashin factors (uv, default) or over u only (u, the first version)")
     c.add_argument("--rank-bpw", type=float, default=None,
                    help="LQER low-rank compensation within this many bits per weight (8-bit factors)")
     c.add_argument("--distill-steps", type=int, default=0,
@@ -129,7 +131,7 @@ def _ppl(args, ctx):
         from .quant import calibrated_kashin
 
         rep = calibrated_kashin(model, args.bits, cal, tokenizer=tok, windows=args.cal_windows, window=args.window,
-                                rank_bpw=args.rank_bpw, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
+                                gptq=args.gptq, rank_bpw=args.rank_bpw, distill_steps=args.distill_steps, distill_lr=args.distill_lr,
                                 distill_params=[t.strip() for t in args.distill_params.split(",") if t.strip()],
                                 progress_bar=None)
     else:

@@ -271,6 +271,7 @@ def calibrated_kashin(
     windows: int = 8,
     window: int = 512,
     iters: int = 4,
+    gptq: str = "uv",
     rank_bpw: float | None = None,
     distill_steps: int = 0,
     distill_params=("norm", "scales"),
@@ -294,10 +295,11 @@ def calibrated_kashin(
        weight do not change) for token-level KL to a float copy of the model taken before step 1,
        over every window of ``distill_window`` tokens of ``calibration``.
 
-    Defaults are the measured best of ``benchmarks/results/kashin_model_cpu.md`` on SmolLM2-135M at 4
-    bits: distilling the block scales with the norms gives 29.15 where the norms alone give 30.08
-    (fp 26.58); lr 1e-3 gives 29.06 (5e-4: 29.15), and neither 300 steps (29.06) nor 512-token
-    windows (29.08) do better than 150 steps on 256-token windows.
+    Defaults are the measured best of ``benchmarks/results/kashin_model_cpu.md`` on SmolLM2-135M (fp
+    26.58): at 4 bits the codes alone give 28.91 and distilling the norms and block scales 27.98 (the
+    first coder, ``gptq="u"``: 35.22 and 29.06; norms alone 30.08); lr 1e-3 beat 5e-4 (29.06 against
+    29.15 on the first coder), and neither 300 steps (29.06) nor 512-token windows (29.08) did better
+    than 150 steps on 256-token windows.
 
     Parameters
     ----------
@@ -311,6 +313,8 @@ def calibrated_kashin(
     tokenizer : transformers tokenizer, needed for text.
     windows, window : int
         How much of ``calibration`` step 1 uses (``windows * window`` tokens from its start).
+    gptq : {'uv', 'u'}
+        :func:`lrmath.kashin.quantize`'s calibrated coder: both factors (default) or ``u`` only.
     packed : bool
         Keep the ``KashinLinear`` modules (codes in memory); default: dense reconstructions.
 
@@ -327,12 +331,14 @@ def calibrated_kashin(
     """
     import copy
 
-    from ..backend import check_int
+    from ..backend import check_choice, check_int
     from ..errors import ShapeError
+    from ..kashin.quantize import GPTQ_MODES
     from ..torch.kashin import KashinLinear, _id_windows, _set_module, distill_floats, quantize_model
     from .metrics import token_ids
 
     bits = check_int(bits, "bits", minimum=2, maximum=8)
+    check_choice(gptq, "gptq", GPTQ_MODES)
     windows = check_int(windows, "windows", minimum=1)
     window = check_int(window, "window", minimum=2)
     distill_steps = check_int(distill_steps, "distill_steps", minimum=0)
@@ -357,8 +363,8 @@ def calibrated_kashin(
     originals = {n: lin.weight.detach().float().cpu().numpy() for n, lin in targets}
     t0 = time.perf_counter()
     quantize_model(model, bits, include=names, exclude=(), calibration=cal, progress=progress_bar is not False,
-                   iters=iters, **({"rank_bpw": rank_bpw} if rank_bpw else {}))
-    info: dict = {"windows": len(cal), "window": window, "tokens": len(cal) * window, "iters": iters,
+                   iters=iters, gptq=gptq, **({"rank_bpw": rank_bpw} if rank_bpw else {}))
+    info: dict = {"windows": len(cal), "window": window, "tokens": len(cal) * window, "iters": iters, "gptq": gptq,
                   "rank_bpw": rank_bpw, "distill_steps": distill_steps}
     if distill_steps:
         dl = min(distill_window, ids.size)

@@ -63,6 +63,22 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # error feedback), so it need not converge fully.
 _SPLIT_CLIP = 0.25
 _SPLIT_ITERS = 6
+# Alternations of u's and v's GPTQ loops per block (lrmath.kashin.gptq.alternate_uv); each round
+# costs two column loops over the block, and a round is kept only where it lowers the cost.
+_GPTQ_ROUNDS = 2
+GPTQ_MODES = ("uv", "u")
+
+
+def _cal_split(bits: int) -> tuple[int, int]:
+    """Default ``(bits_u, bits_v)`` of calibrated ``gptq='uv'`` coding: sign codes for ``u``, the rest
+    for ``v``. On the 21 linears of SmolLM2-135M blocks 0, 14 and 29 the mean per-layer output error,
+    relative to the ``u``-only coder at the even split, is 0.68 with 1+2 against 0.79 with 2+1 at
+    3 bits, and 0.46 with 1+3 against 0.70 with 2+2 at 4 bits
+    (``python -m benchmarks kashin_cal_layers``, ``benchmarks/results/kashin_cal_layers_cpu.md``).
+    From 5 bits on the same rule applies without a measurement of its own."""
+    return 1, bits - 1
+
+
 _TRACK = False  # record the error after every sweep in ``info['sweep_error']`` (costs a pass each)
 
 
@@ -366,12 +382,13 @@ def _f16(a):
     return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
 
 
-def _encode_rows(A, sizes, opl, bu, bv, iters, H=None, damp=0.01):
-    """Rows layout: code each column block of all rows (data-free recipe), or with GPTQ propagation.
+def _encode_rows(A, sizes, opl, bu, bv, iters, H=None, damp=0.01, gptq="uv"):
+    """Rows layout: code each column block of all rows (data-free recipe), or with GPTQ propagation
+    (``gptq='uv'``: both factors, :func:`lrmath.kashin.gptq.alternate_uv`; ``'u'``: ``u`` only).
 
     Returns codes (out, in) for u and v, scales (out, k), tables (k, 2**bits) and info.
     """
-    from .gptq import gptq_columns, inverse_cholesky, prepare_hessian
+    from .gptq import alternate_uv, gptq_columns, inverse_cholesky, prepare_hessian
 
     out, inn = A.shape
     k = len(sizes)
@@ -398,8 +415,23 @@ def _encode_rows(A, sizes, opl, bu, bv, iters, H=None, damp=0.01):
         ucodes = None
     else:
         Hd, dead = prepare_hessian(H, inn, damp)
-        ucodes, states, _ = gptq_columns(A, inverse_cholesky(Hd), bounds, fit, dead=dead)
-        info["calibrated"] = True
+        U = inverse_cholesky(Hd)
+        if gptq == "uv":
+            W = np.array(A, dtype=np.float64)
+            W[:, dead] = 0
+            states, ucodes = [], None
+            for j, (c0, c1) in enumerate(bounds):
+                x0 = W[:, c0:c1]
+                cu, cv, alpha, beta, Tu, Tv = fit(x0, j)[3]
+                fwd, _ = _frame_rows(opl[j], np, np.float64)
+                cu, cv, alpha, beta, Err = alternate_uv(x0, U[c0:c1, c0:c1], fwd(np.eye(c1 - c0)), alpha, beta,
+                                                        Tu, Tv, cu, cv, rounds=_GPTQ_ROUNDS, round_scales=_f16)
+                states.append((cu, cv, alpha, beta, Tu, Tv))
+                if c1 < inn:
+                    W[:, c1:] -= Err @ U[c0:c1, c1:]
+        else:
+            ucodes, states, _ = gptq_columns(A, U, bounds, fit, dead=dead)
+        info["calibrated"] = gptq
         info["dead_columns"] = int(np.count_nonzero(dead))
     for j, ((c0, c1), (cu, cv, alpha, beta, Tu, Tv)) in enumerate(zip(bounds, states)):
         CU[:, c0:c1] = cu if ucodes is None else ucodes[:, c0:c1]
@@ -413,7 +445,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
              iters: int | None = None, seed: int = 0, layout: str | None = None, blocks=None,
              calibration=None, damp: float = 0.01, rank: int | None = None, rank_bpw: float | None = None,
              lowrank: str | None = None, lowrank_bits: int = 8, lowrank_iters: int | None = None,
-             split: tuple[int, int] | None = None) -> "KashinQuantized":
+             split: tuple[int, int] | None = None, gptq: str = "uv") -> "KashinQuantized":
     """Kashin-quantize a matrix, optionally calibration-aware and with low-rank compensation.
 
     Parameters
@@ -445,6 +477,10 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
         ``||(W - W_hat) X^T||_F`` with GPTQ error propagation (:mod:`lrmath.kashin.gptq`).
     damp : float
         Relative diagonal damping of ``H`` (GPTQ's 1%).
+    gptq : {'uv', 'u'}
+        With ``calibration``: GPTQ's column loop re-chooses the codes of both factors, alternating,
+        with the scales refitted for the output error (``'uv'``, default), or of ``u`` only
+        (``'u'``, the first version); :mod:`lrmath.kashin.gptq`.
     rank, rank_bpw : int or float, optional
         Low-rank compensation ``W ~ W_hat + B A`` (:mod:`lrmath.kashin.lowrank`): a fixed rank, or
         the largest rank whose stored factors cost at most ``rank_bpw`` bits per weight.
@@ -457,19 +493,23 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
     split : (int, int), optional
         ``(bits_u, bits_v)`` with ``bits_u + bits_v = bits`` instead of :func:`split_bits`. At 4 bits
         ``(1, 3)`` (sign codes for ``u``, an 8-level Lloyd-Max table for ``v``) has lower error than
-        the even split on the MiniLM matrices (``python -m benchmarks kashin_bits``).
+        the even split on the MiniLM matrices (``python -m benchmarks kashin_bits``). With
+        ``calibration`` and ``gptq='uv'`` the default is ``(1, bits - 1)`` (:func:`_cal_split`).
 
     Returns
     -------
     KashinQuantized
     """
     bu, bv, block, iters, seed = check_options(bits, block=block, basis=basis, method=method, iters=iters, seed=seed)
+    check_choice(gptq, "gptq", GPTQ_MODES)
     if split is not None:
         if not isinstance(split, (tuple, list)) or len(split) != 2:
             raise OptionError(f"split must be a pair (bits_u, bits_v), got {split!r}")
         bu, bv = (check_int(v, "split", minimum=1, maximum=7) for v in split)
         if bu + bv != bits:
             raise OptionError(f"split {tuple(split)!r} must be two positive code widths summing to bits = {bits}")
+    elif calibration is not None and gptq == "uv":
+        bu, bv = _cal_split(bits)
     if layout is None:
         layout = "rows" if (calibration is not None or blocks is not None) else "flat"
     check_choice(layout, "layout", ("flat", "rows"))
@@ -490,7 +530,7 @@ def quantize(W, bits: int = 2, *, block: int = 256, basis="hadamard", method: st
 
     def code(target):
         return _quantize_plain(target, dtype_name, bu, bv, block, basis, method, int(iters), int(seed),
-                               layout, blocks, H, damp)
+                               layout, blocks, H, damp, gptq)
 
     if not lr_rank:
         return code(A)
@@ -555,12 +595,12 @@ def _compensate(A, code, r, how, fbits, n_iter, H, damp):
     return q
 
 
-def _quantize_plain(A, dtype_name, bu, bv, block, basis, method, iters, seed, layout, blocks, H, damp):
+def _quantize_plain(A, dtype_name, bu, bv, block, basis, method, iters, seed, layout, blocks, H, damp, gptq="uv"):
     out, inn = A.shape
     if layout == "rows":
         sizes = _row_blocks(inn, int(block), blocks)
         opl = _block_ops(basis, sizes, seed)
-        CU, CV, AL, BE, TU, TV, info = _encode_rows(A, sizes, opl, bu, bv, iters, H, damp)
+        CU, CV, AL, BE, TU, TV, info = _encode_rows(A, sizes, opl, bu, bv, iters, H, damp, gptq)
         cu, cv, alpha, beta = CU, CV, AL.reshape(-1), BE.reshape(-1)
         Tu, Tv = TU.reshape(-1), TV.reshape(-1)
         N, basis_spec = sizes[0], opl[0].spec
